@@ -1,0 +1,27 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    sets up .venv (once) and runs the main benchmark on the embedded ml-100k data
+#   make test   sets up .venv (once) and runs the test suite
+PY := .venv/bin/python
+PARADIGMS ?= all
+DATASET ?= ml-100k
+ARGS ?=
+
+.PHONY: setup run smoke test perf clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+run: setup
+	$(PY) -m bench run --paradigms $(PARADIGMS) --dataset $(DATASET) $(ARGS)
+
+smoke: setup
+	$(PY) -m bench run --paradigms $(PARADIGMS) --dataset $(DATASET) --preset smoke $(ARGS)
+
+test: setup
+	$(PY) -m pytest
+
+perf: setup
+	$(PY) -m pytest tests/perf -p no:cacheprovider -s --override-ini="addopts=-q"
+
+clean:
+	rm -rf .venv .pytest_cache

@@ -1,0 +1,116 @@
+"""On-disk cache entries that are written atomically and verified before they are trusted.
+
+An entry is a folder ``<root>/<kind>/<key>/`` holding its files and a ``meta.json`` that records the
+cache format, the key and the sha256 of every file. :meth:`CacheEntry.read` returns the metadata only
+when all of that checks out; a corrupt, truncated or stale entry is reported with a warning, deleted
+and treated as missing, so the caller rebuilds it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+FORMAT = 1
+
+
+def default_cache_root(configured: str | None) -> Path:
+    """The cache folder: the config's ``cache_dir``, else ``$BENCH_CACHE``, else ``~/.cache/bench``."""
+    if configured:
+        return Path(configured).expanduser()
+    env = os.environ.get("BENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class CacheEntry:
+    """One verified cache folder ``root/kind/key``."""
+
+    def __init__(self, root: Path, kind: str, key: str, version: str):
+        self.path = Path(root) / kind / key
+        self.kind, self.key, self.version = kind, key, version
+
+    def read(self) -> dict[str, Any] | None:
+        """The entry's metadata if it exists and verifies, else ``None`` (a bad entry is deleted with a warning)."""
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            return None
+        problem = self._problem(meta_file)
+        if problem is None:
+            return json.loads(meta_file.read_text())["data"]
+        warnings.warn(f"cache entry {self.path} is {problem}; rebuilding it", stacklevel=2)
+        shutil.rmtree(self.path, ignore_errors=True)
+        return None
+
+    def _problem(self, meta_file: Path) -> str | None:
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            return "unreadable (corrupt meta.json)"
+        if meta.get("format") != FORMAT or meta.get("version") != self.version or meta.get("key") != self.key:
+            return f"stale (written by format {meta.get('format')} / version {meta.get('version')})"
+        for name, digest in meta.get("files", {}).items():
+            file = self.path / name
+            if not file.is_file():
+                return f"incomplete (missing {name})"
+            if file_sha256(file) != digest:
+                return f"corrupt ({name} does not match its checksum)"
+        return None
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator["Pending"]:
+        """Yield a :class:`Pending` entry to fill (files in ``.path``, metadata in ``.data``); on success it
+        becomes this entry atomically, with a checksum of every file. On an exception nothing is left behind."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        pending = Pending(Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.key}.")), {})
+        try:
+            yield pending
+            tmp = pending.path
+            files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            meta = {"format": FORMAT, "version": self.version, "key": self.key, "files": files,
+                    "data": pending.data}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.replace(tmp, self.path)
+        finally:
+            shutil.rmtree(pending.path, ignore_errors=True)
+
+
+@dataclass
+class Pending:
+    """A cache entry being written: put files under ``path`` and JSON-able metadata in ``data``."""
+
+    path: Path
+    data: dict

@@ -1,0 +1,126 @@
+"""Command line: ``bench run``, ``bench list``, ``bench report``. Errors are one line and exit with status 2."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import warnings
+from pathlib import Path
+
+from bench.errors import BenchError
+
+EPILOG = """examples:
+  python -m bench run --paradigms all --dataset ml-100k
+  python -m bench run --paradigms pop,sasrec --dataset ml-100k --preset smoke
+  python -m bench run --paradigms sasrec --dataset book --set data.max_users=5000 --seeds 0,1,2
+  python -m bench run --paradigms all --dataset mydata --data-dir ~/atomic   # ~/atomic/mydata/mydata.inter
+  python -m bench report results/ml-100k/20260101-120000-abcdef123456
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench", description="Compare how frozen LLMs can be fed a recommender's interaction data.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run paradigms on a dataset and write a run directory",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    run.add_argument("--paradigms", default="all", metavar="LIST",
+                     help="comma-separated names, globs (ra-rec*) or 'all' (default: all)")
+    run.add_argument("--dataset", help="ml-100k, book, cloth, or NAME under --data-dir (config: data.dataset)")
+    run.add_argument("--data-dir", help="folder holding NAME/NAME.inter (config: data.data_dir; env BENCH_DATA)")
+    run.add_argument("--preset", default="default", help="configs/presets/NAME.yaml: smoke, default, paper "
+                                                         "(default: default)")
+    run.add_argument("--config", metavar="FILE", help="YAML file of config keys, applied after the preset")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config key (dotted), repeatable: --set data.max_users=500")
+    run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (config: seeds)")
+    run.add_argument("--out", type=Path, help="run directory (default: results/DATASET/TIME-CONFIGHASH)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="config: device (default: auto)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub.add_parser("list", help="paradigms (version, description, options), datasets and presets")
+    rep = sub.add_parser("report", help="rebuild a run's tables from its saved per-user results")
+    rep.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list:
+    layer: list = list(args.overrides)
+    if args.dataset:
+        layer.append({"data": {"dataset": args.dataset}})
+    if args.data_dir:
+        layer.append({"data": {"data_dir": args.data_dir}})
+    if args.device:
+        layer.append({"device": args.device})
+    if args.seeds:
+        try:
+            layer.append({"seeds": [int(s) for s in args.seeds.split(",") if s.strip()]})
+        except ValueError:
+            raise BenchError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    return layer
+
+
+def _progress(quiet: bool):
+    from tqdm import tqdm
+
+    return None if quiet else functools.partial(tqdm, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_config
+    from bench.runner import run
+
+    cfg = load_config(args.preset, args.config, _overrides(args))
+    out = run(args.paradigms, cfg, args.out, _progress(args.quiet), argv=["bench", *sys.argv[1:]])
+    print((out / "results.md").read_text())
+    print(f"run directory: {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench import registry
+    from bench.config import presets
+    from bench.data import BUILTIN
+
+    print("paradigms:")
+    for name in registry.names():
+        cls = registry.get(name)
+        options = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items())
+        tag = "" if cls.in_all else " (not in 'all')"
+        print(f"  {name:<18} v{cls.version:<4} {cls.description}{tag}")
+        if options:
+            print(f"  {'':<24}options: {options}")
+    print("datasets:\n  " + ", ".join(BUILTIN) + ", or NAME with --data-dir DIR holding NAME/NAME.inter")
+    print("presets:\n  " + ", ".join(presets()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench import report
+
+    report.build(args.run_dir)
+    print((args.run_dir / "results.md").read_text())
+    return 0
+
+
+def _one_line_warnings(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``bench`` and ``python -m bench``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warnings
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report}
+    try:
+        return handlers[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no partial results were written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The shared ID encoder: a RecBole sequential model trained on the split's training part, then frozen.
+
+Trained with RecBole's own trainer (early stopping on validation NDCG@10) and cached on disk under a key
+made of the split hash and the encoder config, so a second run trains nothing. Every paradigm of a run
+receives the same :class:`Encoder`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from bench.cache import CacheEntry
+from bench.compat import recbole_config, recbole_workdir
+from bench.config import Config, stable_hash, thaw
+from bench.errors import BenchError
+from bench.split import Split, recbole_settings, split_from_recbole
+
+ENCODER_VERSION = "1"
+
+
+@dataclass(eq=False)
+class Encoder:
+    """A frozen RecBole sequential model and what paradigms need from it.
+
+    ``item_embeddings`` is ``[n_items, d]`` (row 0 is padding); :meth:`score` gives the model's own
+    full-ranking scores ``[len(histories), n_items]``.
+    """
+
+    model_name: str
+    model: torch.nn.Module
+    max_seq_len: int
+    key: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, d] item embedding table of the frozen model (a detached view)."""
+        table = getattr(self.model, "item_embedding", None)
+        if table is None:
+            raise BenchError(f"encoder {self.model_name} has no item_embedding table; use SASRec or GRU4Rec")
+        return table.weight.detach()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def pack(self, histories: Sequence[np.ndarray]):
+        """RecBole ``Interaction`` of the last ``max_seq_len`` items of each history, left-aligned, 0-padded."""
+        from recbole.data.interaction import Interaction
+
+        seqs = torch.zeros(len(histories), self.max_seq_len, dtype=torch.long)
+        lengths = torch.zeros(len(histories), dtype=torch.long)
+        for row, history in enumerate(histories):
+            recent = np.asarray(history[-self.max_seq_len:], dtype=np.int64)
+            seqs[row, :len(recent)] = torch.from_numpy(recent)
+            lengths[row] = len(recent)
+        if (lengths == 0).any():
+            raise BenchError("the encoder cannot score a user with an empty history")
+        fields = {self.model.ITEM_SEQ: seqs, self.model.ITEM_SEQ_LEN: lengths}
+        return Interaction(fields).to(self.device)
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """[len(histories), n_items] float scores of every item after each history."""
+        return self.model.full_sort_predict(self.pack(histories))
+
+
+class _ItemCount:
+    """The one thing RecBole's sequential models read from a dataset at construction: id counts."""
+
+    def __init__(self, n_users: int, n_items: int):
+        self._counts = {"user_id": n_users, "item_id": n_items}
+
+    def num(self, field_name: str) -> int:
+        if field_name not in self._counts:
+            raise BenchError(f"this encoder needs dataset feature '{field_name}'; bench supports ID-only models "
+                             "such as SASRec and GRU4Rec")
+        return self._counts[field_name]
+
+
+def _config_dict(split: Split, enc: dict, workdir: Path) -> dict[str, Any]:
+    return {**recbole_settings(enc["max_seq_len"]), **enc["params"],
+            "data_path": split.recbole_path, "epochs": enc["epochs"], "learning_rate": enc["learning_rate"],
+            "train_batch_size": enc["train_batch_size"], "eval_batch_size": 4096,
+            "stopping_step": enc["stopping_step"], "seed": enc["seed"], "reproducibility": True,
+            "checkpoint_dir": str(workdir / "checkpoints"), "metrics": ["Hit", "NDCG"], "topk": [10],
+            "valid_metric": "NDCG@10", "eval_step": 1}
+
+
+def recbole_data(split: Split, cfg: Config, device: str, workdir: Path):
+    """RecBole config and (train, valid, test) data loaders rebuilt from the split's prepared files.
+
+    Checks that RecBole rebuilds exactly the cached split (same hash); anything else is a stale cache.
+    """
+    from recbole.data import create_dataset, data_preparation
+
+    enc = thaw(cfg["encoder"])
+    rb_config = recbole_config(enc["model"], split.recbole_name, _config_dict(split, enc, workdir), device)
+    dataset = create_dataset(rb_config)
+    loaders = data_preparation(rb_config, dataset)
+    titles = {str(split.item_ids[i]): t for i, t in enumerate(split.titles) if i}
+    rebuilt = split_from_recbole(split.dataset, dataset, [ld.dataset for ld in loaders], titles,
+                                 split.recbole_path, split.recbole_name)
+    if rebuilt.hash != split.hash:
+        raise BenchError(f"RecBole rebuilt a different split from {split.recbole_path} (hash {rebuilt.hash}, "
+                         f"expected {split.hash}); delete that folder and rerun")
+    return rb_config, loaders
+
+
+def encoder_key(split: Split, cfg: Config) -> str:
+    """Cache key of the encoder: model name + hash of (split hash, encoder config, versions)."""
+    from recbole import __version__ as recbole_version
+
+    parts = {"split": split.hash, "encoder": thaw(cfg["encoder"]), "version": ENCODER_VERSION,
+             "recbole": recbole_version}
+    return f"{cfg['encoder.model']}-{stable_hash(parts, 16)}"
+
+
+def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cpu", progress=None) -> Encoder:
+    """The frozen encoder for (split, encoder config): from the cache, or trained now and cached."""
+    key = encoder_key(split, cfg)
+    entry = CacheEntry(cache_root, "encoders", key, ENCODER_VERSION)
+    meta = entry.read()
+    if meta is None:
+        with entry.write() as pending:
+            pending.data.update(_train(split, cfg, pending.path, cache_root / "recbole-logs" / key, device,
+                                       progress))
+        meta = entry.read()
+    return _load(split, cfg, entry.path, meta, key, device)
+
+
+def _train(split: Split, cfg: Config, out: Path, logdir: Path, device: str, progress) -> dict:
+    from recbole.utils import get_model, get_trainer, init_seed
+
+    start = time.perf_counter()
+    with recbole_workdir(logdir):
+        rb_config, (train, valid, _) = recbole_data(split, cfg, device, logdir)
+        init_seed(rb_config["seed"], rb_config["reproducibility"])
+        try:
+            model_class = get_model(cfg["encoder.model"])
+        except ValueError:
+            raise BenchError(f"config key 'encoder.model': RecBole has no model {cfg['encoder.model']!r}; "
+                             "use SASRec or GRU4Rec (or another sequential model)") from None
+        model = model_class(rb_config, train.dataset).to(rb_config["device"])
+        trainer = get_trainer(rb_config["MODEL_TYPE"], cfg["encoder.model"])(rb_config, model)
+        bar = progress(total=cfg["encoder.epochs"], desc=f"train {cfg['encoder.model']}", unit="epoch") \
+            if progress else None
+
+        def on_epoch(epoch: int, valid_score: float) -> None:
+            if bar:
+                bar.update(1)
+                bar.set_postfix(valid_ndcg10=f"{valid_score:.4f}")
+
+        best, _ = trainer.fit(train, valid, saved=True, show_progress=False, callback_fn=on_epoch)
+        if bar:
+            bar.close()
+        checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
+    torch.save(checkpoint["state_dict"], out / "model.pt")
+    return {"model": cfg["encoder.model"], "best_valid_ndcg@10": float(best), "best_epoch": checkpoint["epoch"],
+            "train_seconds": round(time.perf_counter() - start, 2), "n_items": split.n_items,
+            "n_users": split.n_users}
+
+
+def _load(split: Split, cfg: Config, path: Path, meta: dict, key: str, device: str) -> Encoder:
+    from recbole.utils import get_model
+
+    enc = thaw(cfg["encoder"])
+    rb_config = recbole_config(enc["model"], split.recbole_name, _config_dict(split, enc, path), device)
+    model = get_model(enc["model"])(rb_config, _ItemCount(split.n_users, split.n_items))
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return Encoder(enc["model"], model, enc["max_seq_len"], key, dict(meta))

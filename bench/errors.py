@@ -1,0 +1,5 @@
+"""The one exception type users see: a one-line message naming what is wrong and how to fix it."""
+
+
+class BenchError(Exception):
+    """A user-facing error. The CLI prints ``error: <message>`` on one line and exits with status 2."""

@@ -1,0 +1,108 @@
+"""Full-ranking evaluation: per-user ranks of the held-out item among all items, and metrics from ranks.
+
+``rank = 1 + #{candidates scoring higher} + #{other candidates scoring equal}``: ties count against the
+target, so a constant scorer earns nothing. Candidates are all items except the padding id 0 and (with
+``mask_history``) the user's history items; the target itself is always a candidate. Scores are computed
+in chunks of users sized so one ``[chunk, n_items]`` float32 block stays within ``chunk_mb``; the
+comparison is done in item slices of that block, so no ``users x items`` matrix is ever held whole.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+
+ScoreFn = Callable[[np.ndarray], torch.Tensor]
+
+
+def chunk_size(n_items: int, chunk_mb: int) -> int:
+    """Users per chunk such that a float32 score block and its comparison temporaries fit ``chunk_mb`` MiB."""
+    per_user = n_items * (4 + 2)  # the float block plus one bool temporary per slice, with headroom
+    return max(1, min(4096, (chunk_mb << 20) // per_user))
+
+
+def _mask_rows(scores: torch.Tensor, histories: Sequence[np.ndarray]) -> None:
+    lengths = [len(h) for h in histories]
+    if not sum(lengths):
+        return
+    rows = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor(lengths))
+    cols = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
+    scores[rows.to(scores.device), cols.to(scores.device)] = float("nan")
+
+
+def rank_chunk(scores: torch.Tensor, targets: np.ndarray, histories: Sequence[np.ndarray] | None,
+               item_slice: int = 1 << 18) -> np.ndarray:
+    """Ranks ``[b]`` of ``targets`` in a score block ``[b, n_items]`` (the block is modified in place).
+
+    Masked candidates become NaN, which compares false with everything, so they never count.
+    """
+    if torch.isnan(scores).any():
+        raise BenchError("a paradigm returned NaN scores; check its training (learning rate, inputs)")
+    rows = torch.arange(len(targets), device=scores.device)
+    target_t = torch.as_tensor(targets, dtype=torch.long, device=scores.device)
+    target_scores = scores[rows, target_t].clone()
+    scores[:, 0] = float("nan")
+    if histories is not None:
+        _mask_rows(scores, histories)
+    scores[rows, target_t] = float("nan")  # the target never competes with itself
+    better = torch.zeros(len(targets), dtype=torch.long, device=scores.device)
+    column = target_scores.unsqueeze(1)
+    for start in range(0, scores.shape[1], item_slice):
+        block = scores[:, start:start + item_slice]
+        better += (block >= column).sum(dim=1)
+    return (better + 1).cpu().numpy()
+
+
+def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
+                   histories: Sequence[np.ndarray] | None, n_items: int, chunk_mb: int = 256,
+                   progress=None, desc: str = "rank") -> np.ndarray:
+    """Rank of each user's target over all items, computed chunk by chunk.
+
+    ``score_fn(user_chunk) -> Tensor[len(chunk), n_items]``; ``targets`` and ``histories`` align with ``users``
+    (``histories=None`` disables history masking). Returns int64 ranks ``[len(users)]``, 1 = best.
+    """
+    users = np.asarray(users, dtype=np.int64)
+    ranks = np.empty(len(users), dtype=np.int64)
+    step = chunk_size(n_items, chunk_mb)
+    bar = progress(total=len(users), desc=desc, unit="user", leave=False) if progress else None
+    for start in range(0, len(users), step):
+        stop = min(start + step, len(users))
+        with torch.no_grad():
+            scores = score_fn(users[start:stop]).float()
+        if tuple(scores.shape) != (stop - start, n_items):
+            raise BenchError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")
+        chunk_hist = None if histories is None else histories[start:stop]
+        ranks[start:stop] = rank_chunk(scores, targets[start:stop], chunk_hist)
+        if bar:
+            bar.update(stop - start)
+    if bar:
+        bar.close()
+    return ranks
+
+
+def metric_names(metrics: Sequence[str], ks: Sequence[int]) -> list[str]:
+    """Column names like ``hit@10`` in a fixed order: metric-major, then K ascending."""
+    return [f"{m}@{k}" for m in metrics for k in sorted(ks)]
+
+
+def metrics_from_ranks(ranks: np.ndarray, metrics: Sequence[str], ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-user metric values from ranks: hit@K = [rank <= K], ndcg@K = 1/log2(rank + 1), mrr@K = 1/rank
+    (both 0 when rank > K). Returns ``{name: float64 array [len(ranks)]}``."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for name in metric_names(metrics, ks):
+        metric, k = name.split("@")
+        inside = ranks <= int(k)
+        if metric == "hit":
+            value = inside.astype(np.float64)
+        elif metric == "ndcg":
+            value = np.where(inside, 1.0 / np.log2(ranks + 1.0), 0.0)
+        elif metric == "mrr":
+            value = np.where(inside, 1.0 / ranks, 0.0)
+        else:
+            raise BenchError(f"unknown metric {metric!r}; use hit, ndcg or mrr")
+        out[name] = value
+    return out

@@ -1,0 +1,210 @@
+"""The paradigm plugin contract and its registry.
+
+A paradigm is a class with ``fit(split, context)``, ``score(users, stage)`` and ``token_usage(users, stage)``,
+registered with :func:`register`. Built-in paradigms are imported lazily, on first use; third-party packages
+register through the entry-point group ``bench.paradigms`` (name = paradigm name, value = ``module:Class``
+or a module that registers on import). Registration validates the class (pluggy-style), so a broken
+plugin fails when it is loaded, with its package named, not halfway through a run.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import re
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from bench.config import Config, suggest
+from bench.errors import BenchError
+
+ENTRY_POINT_GROUP = "bench.paradigms"
+#: Built-in paradigm name -> module that registers it (imported only when the paradigm is needed).
+BUILTIN: dict[str, str] = {
+    "pop": "paradigms.baselines",
+    "sasrec": "paradigms.baselines",
+}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """What one user's prompt costs: positions in the LLM's context, and how much history it carries."""
+
+    user: int
+    hard_tokens: int
+    soft_tokens: int
+    history_len: int
+    history_kept: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a paradigm gets besides the split. ``options`` is its own resolved config section."""
+
+    config: Config
+    options: Mapping[str, Any]
+    seed: int
+    device: torch.device
+    cache_dir: Path
+    encoder: Any = None
+    llm: Any = None
+    progress: Callable[..., Any] | None = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+class Paradigm:
+    """Base class of every paradigm (subclassing is optional; the three methods are the contract).
+
+    Class attributes: ``name`` (registry key), ``version`` (bumped when results can change),
+    ``description`` (one line for ``bench list``), ``defaults`` (its config keys under ``paradigms.NAME``),
+    ``needs_encoder``/``needs_llm`` (what the runner must provide), ``in_all`` (part of ``--paradigms all``).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    needs_encoder: ClassVar[bool] = False
+    needs_llm: ClassVar[bool] = False
+    in_all: ClassVar[bool] = True
+
+    def fit(self, split, context: Context) -> None:
+        """Train whatever the paradigm trains on ``split``'s training part (never on valid/test targets)."""
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
+        """Scores ``[len(users), split.n_items]`` (higher is better) of every item for each internal user id.
+
+        ``stage`` is ``"valid"`` or ``"test"``; for ``"test"`` the validation item is part of the history.
+        """
+        raise NotImplementedError
+
+    def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage] | None:
+        """Prompt cost per user, or ``None`` for paradigms without an LLM."""
+        return None
+
+    def trainable_parameters(self) -> int:
+        """Number of parameters ``fit`` trains (0 for fixed scorers)."""
+        return 0
+
+
+_REGISTRY: dict[str, type] = {}
+_ORIGIN: dict[str, str] = {}
+_PLUGINS_LOADED = False
+_PLUGIN_ERRORS: dict[str, str] = {}
+
+
+def _check_contract(cls: type, name: str) -> None:
+    if not isinstance(cls, type):
+        raise TypeError(f"paradigm '{name}': register a class, got {type(cls).__name__}")
+    for method, params in (("fit", 2), ("score", 2), ("token_usage", 2)):
+        func = getattr(cls, method, None)
+        if not callable(func):
+            raise TypeError(f"paradigm '{name}' ({cls.__qualname__}) has no method {method}()")
+        positional = [p for p in inspect.signature(func).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) != params + 1:  # + self
+            raise TypeError(f"paradigm '{name}': {method}() must take {params} arguments besides self")
+    if not isinstance(getattr(cls, "version", None), str):
+        raise TypeError(f"paradigm '{name}': class attribute 'version' must be a string")
+    if not isinstance(getattr(cls, "defaults", {}), Mapping):
+        raise TypeError(f"paradigm '{name}': class attribute 'defaults' must be a mapping")
+
+
+def register(name: str | None = None):
+    """Class decorator: register a paradigm under ``name`` (default: the class's ``name`` attribute).
+
+    Raises ``ValueError`` for a bad or duplicate name and ``TypeError`` when the contract is not met.
+    """
+
+    def decorate(cls: type) -> type:
+        key = name or getattr(cls, "name", "")
+        if not isinstance(key, str) or not _NAME.match(key):
+            raise ValueError(f"paradigm name {key!r} is invalid: use lower case letters, digits, '-', '_', '.'")
+        _check_contract(cls, key)
+        origin = f"{cls.__module__}.{cls.__qualname__}"
+        if key in _REGISTRY and _ORIGIN[key] != origin:
+            raise ValueError(f"paradigm '{key}' is already registered by {_ORIGIN[key]}; {origin} must use "
+                             "another name")
+        cls.name = key
+        _REGISTRY[key] = cls
+        _ORIGIN[key] = origin
+        return cls
+
+    return decorate
+
+
+def _load_plugins() -> None:
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        package = ep.dist.name if ep.dist else ep.value
+        try:
+            obj = ep.load()
+            if isinstance(obj, type) and ep.name not in _REGISTRY:
+                register(ep.name)(obj)
+            elif ep.name not in _REGISTRY:
+                raise TypeError(f"entry point {ep.value} registered no paradigm '{ep.name}'")
+        except Exception as exc:  # a broken plugin must not take the others down
+            _PLUGIN_ERRORS[ep.name] = f"{package}: {exc}"
+            warnings.warn(f"skipping paradigm plugin '{ep.name}' from package {package}: {exc}", stacklevel=2)
+
+
+def names() -> list[str]:
+    """Every paradigm name that can be requested (built-in and plugins), sorted."""
+    _load_plugins()
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def get(name: str) -> type:
+    """The paradigm class registered as ``name``; imports a built-in module on first use."""
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(BUILTIN[name])
+    if name not in _REGISTRY:
+        _load_plugins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _PLUGIN_ERRORS:
+        raise BenchError(f"paradigm '{name}' failed to load ({_PLUGIN_ERRORS[name]})")
+    raise BenchError(f"unknown paradigm '{name}'{suggest(name, names())}; `bench list` shows them all")
+
+
+def resolve(spec: str) -> list[type]:
+    """Paradigm classes for a ``--paradigms`` value: ``all``, a comma list, and/or globs like ``ra-rec*``."""
+    chosen: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part == "all":
+            matches = [n for n in names() if get(n).in_all]
+        elif any(ch in part for ch in "*?["):
+            matches = [n for n in names() if fnmatch.fnmatch(n, part)]
+            if not matches:
+                raise BenchError(f"--paradigms: no paradigm matches {part!r}; `bench list` shows them all")
+        else:
+            get(part)
+            matches = [part]
+        chosen.extend(m for m in matches if m not in chosen)
+    if not chosen:
+        raise BenchError("--paradigms is empty; pass e.g. --paradigms all or --paradigms pop,sasrec")
+    return [get(n) for n in chosen]
+
+
+def options_for(cls: type, cfg: Config) -> dict[str, Any]:
+    """The paradigm's defaults overlaid with ``paradigms.NAME`` from the config; unknown keys are an error."""
+    given = dict(cfg.get(f"paradigms.{cls.name}") or {})
+    defaults = dict(getattr(cls, "defaults", {}))
+    for key in given:
+        if key not in defaults:
+            raise BenchError(f"unknown config key 'paradigms.{cls.name}.{key}'"
+                             f"{suggest(key, defaults)}; its keys are: {', '.join(defaults) or '(none)'}")
+    return {**defaults, **given}
