@@ -1,0 +1,71 @@
+import pytest
+
+from bench.config import load_config, parse_override, presets
+from bench.errors import BenchError
+
+
+def test_merge_order_defaults_preset_file_then_set(tmp_path):
+    base = load_config("default")
+    assert base["encoder.epochs"] == 10
+    smoke = load_config("smoke")
+    assert smoke["encoder.epochs"] == 1 and smoke["data.max_users"] == 100
+    cfg_file = tmp_path / "mine.yaml"
+    cfg_file.write_text("encoder:\n  epochs: 3\ndata:\n  max_users: 50\n")
+    merged = load_config("smoke", cfg_file, ["data.max_users=7"])
+    assert merged["encoder.epochs"] == 3        # file beats preset
+    assert merged["data.max_users"] == 7        # --set beats file
+    assert merged["encoder.params.n_layers"] == 1  # preset kept where nothing overrides it
+
+
+def test_unknown_key_gets_did_you_mean(tmp_path):
+    with pytest.raises(BenchError, match=r"unknown config key 'data.max_user' \(did you mean 'data.max_users'\?\)"):
+        load_config("default", overrides=["data.max_user=5"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoder:\n  epoch: 3\n")
+    with pytest.raises(BenchError, match=r"bad.yaml: unknown config key 'encoder.epoch'.*encoder.epochs"):
+        load_config("default", bad)
+
+
+def test_wrong_type_and_bad_values_are_rejected():
+    with pytest.raises(BenchError, match="expects int"):
+        load_config("default", overrides=["encoder.epochs=many"])
+    with pytest.raises(BenchError, match="min_user_inter"):
+        load_config("default", overrides=["data.min_user_inter=2"])
+    with pytest.raises(BenchError, match="unknown preset 'smok'.*did you mean 'smoke'"):
+        load_config("smok")
+
+
+def test_config_is_frozen_and_hash_is_stable():
+    a = load_config("smoke", overrides=["seeds=[0, 1]"])
+    b = load_config("smoke", overrides=[{"seeds": [0, 1]}])
+    assert a.hash == b.hash and len(a.hash) == 12
+    assert load_config("smoke").hash != a.hash
+    with pytest.raises(TypeError):
+        a.tree["seeds"] = [3]
+    with pytest.raises(TypeError):
+        a["data"]["max_users"] = 3
+
+
+def test_open_sections_accept_new_keys():
+    cfg = load_config("default", overrides=["encoder.params.embedding_size=32", "paradigms.pop.anything=1"])
+    assert cfg["encoder.params.embedding_size"] == 32
+    assert cfg["encoder.params.hidden_size"] == 64  # merged, not replaced
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data:\n  max_users: [1, 2\n")
+    with pytest.raises(BenchError, match=r"broken.yaml:\d+"):
+        load_config("default", broken)
+
+
+def test_override_parsing():
+    assert parse_override("a.b=3") == {"a": {"b": 3}}
+    assert parse_override("a=[1, 2]") == {"a": [1, 2]}
+    assert parse_override("a=null") == {"a": None}
+    with pytest.raises(BenchError, match="KEY=VALUE"):
+        parse_override("novalue")
+
+
+def test_presets_are_listed():
+    assert {"smoke", "default", "paper"} <= set(presets())

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+import torch
+
+from bench import encoders
+from bench.compat import recbole_workdir
+from bench.config import load_config
+from bench.metrics import evaluate_ranks, metrics_from_ranks
+from bench.split import build_split
+
+
+@pytest.fixture(scope="module")
+def trained(slice_overrides, cache_root):
+    cfg = load_config("smoke", overrides=[*slice_overrides, "encoder.epochs=2"])
+    split = build_split(cfg, cache_root)
+    return cfg, split, encoders.load_or_train(split, cfg, cache_root)
+
+
+def test_encoder_is_frozen_and_exports_item_embeddings(trained):
+    cfg, split, encoder = trained
+    assert not encoder.model.training
+    assert all(not p.requires_grad for p in encoder.model.parameters())
+    assert encoder.item_embeddings.shape == (split.n_items, cfg["encoder.params.hidden_size"])
+    assert encoder.score([split.history(1, "test")]).shape == (1, split.n_items)
+
+
+def test_ranks_equal_recbole_full_sort_evaluation(trained, tmp_path):
+    """Our evaluator (history masking off, as RecBole does for sequential models) reproduces RecBole."""
+    cfg, split, encoder = trained
+    from recbole.utils import get_trainer
+
+    with recbole_workdir(tmp_path):
+        rb_config, (_, _, test_loader) = encoders.recbole_data(split, cfg, "cpu", tmp_path)
+        rb_config["metrics"], rb_config["topk"] = ["Hit", "NDCG"], [10, 100]
+        rb_config["metric_decimal_place"] = 10
+        trainer = get_trainer(rb_config["MODEL_TYPE"], cfg["encoder.model"])(rb_config, encoder.model)
+        theirs = trainer.evaluate(test_loader, load_best_model=False)
+    users = split.users
+    histories = [split.history(int(u), "test") for u in users]
+    ranks = evaluate_ranks(lambda chunk: encoder.score([histories[int(u) - 1] for u in chunk]), users,
+                           split.test_target[users], None, split.n_items)
+    ours = {k: v.mean() for k, v in metrics_from_ranks(ranks, ["hit", "ndcg"], [10, 100]).items()}
+    for key in ("hit@10", "ndcg@10", "hit@100"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5), key
+    assert 0 < ours["hit@100"] < 1
+
+
+def test_second_load_trains_nothing(trained, cache_root, monkeypatch):
+    cfg, split, encoder = trained
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the cached encoder was retrained")
+
+    monkeypatch.setattr(encoders, "_train", must_not_train)
+    again = encoders.load_or_train(split, cfg, cache_root)
+    assert again.key == encoder.key
+    assert torch.equal(again.item_embeddings, encoder.item_embeddings)
+
+
+def test_corrupt_encoder_cache_is_rebuilt(trained, tmp_path):
+    cfg, split, _ = trained
+    first = encoders.load_or_train(split, cfg, tmp_path)
+    weights = next(tmp_path.glob("encoders/*/model.pt"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="corrupt"):
+        rebuilt = encoders.load_or_train(split, cfg, tmp_path)
+    assert torch.equal(rebuilt.item_embeddings, first.item_embeddings)  # same seed, same weights
+
+
+def test_recbole_logs_stay_out_of_the_working_directory(trained, tmp_path, monkeypatch):
+    cfg, split, _ = trained
+    monkeypatch.chdir(tmp_path)
+    encoders.load_or_train(split, cfg, tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_gru4rec_is_supported(slice_overrides, tmp_path):
+    cfg = load_config("smoke", overrides=[*slice_overrides, "encoder.model=GRU4Rec", {"cache_dir": str(tmp_path)}])
+    split = build_split(cfg, tmp_path)
+    encoder = encoders.load_or_train(split, cfg, tmp_path)
+    scores = encoder.score([split.history(1, "valid"), split.history(2, "valid")])
+    assert scores.shape == (2, split.n_items) and torch.isfinite(scores).all()

@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.metrics import evaluate_ranks, metric_names, metrics_from_ranks, rank_chunk
+
+
+def _ranks(scores, targets, histories=None):
+    return rank_chunk(torch.tensor(scores, dtype=torch.float32), np.array(targets), histories)
+
+
+def test_rank_counts_higher_items_and_ignores_padding():
+    # item 0 is padding (it would be best), target 2 has two better real items (3 and 4).
+    assert _ranks([[9.0, 1.0, 5.0, 6.0, 7.0]], [2]).tolist() == [3]
+    assert _ranks([[0.0, 1.0, 5.0, 4.0, 3.0]], [2]).tolist() == [1]
+
+
+def test_ties_count_against_the_target():
+    assert _ranks([[0.0, 2.0, 2.0, 2.0, 1.0]], [2]).tolist() == [3]
+    constant = np.zeros((3, 6))
+    assert _ranks(constant, [1, 3, 5]).tolist() == [5, 5, 5]  # 5 real items: worst rank for everyone
+
+
+def test_history_items_are_masked_but_the_target_is_not():
+    scores = [[0.0, 9.0, 8.0, 1.0, 7.0]]
+    assert _ranks(scores, [3], [np.array([1, 2])]).tolist() == [2]     # only item 4 is left above it
+    assert _ranks(scores, [3], [np.array([1, 2, 3])]).tolist() == [2]   # target in history still ranks
+
+
+def test_metrics_from_hand_computed_ranks():
+    values = metrics_from_ranks(np.array([1, 3, 10, 11]), ["hit", "ndcg", "mrr"], [10])
+    assert values["hit@10"].tolist() == [1, 1, 1, 0]
+    assert values["ndcg@10"] == pytest.approx([1.0, 1 / math.log2(4), 1 / math.log2(11), 0.0])
+    assert values["mrr@10"] == pytest.approx([1.0, 1 / 3, 0.1, 0.0])
+    assert metric_names(["hit", "ndcg"], [20, 10]) == ["hit@10", "hit@20", "ndcg@10", "ndcg@20"]
+
+
+def _naive_rank(row, target, history):
+    masked = set(history) | {0}
+    return 1 + sum(1 for j, s in enumerate(row) if j != target and j not in masked and s >= row[target])
+
+
+def test_chunked_evaluation_equals_naive_ranking():
+    gen = np.random.default_rng(0)
+    n_users, n_items = 57, 301
+    table = np.round(gen.normal(size=(n_users, n_items)), 1).astype(np.float32)  # rounding creates ties
+    targets = gen.integers(1, n_items, n_users)
+    histories = [gen.choice(np.arange(1, n_items), size=gen.integers(0, 20), replace=False) for _ in range(n_users)]
+    users = np.arange(n_users)
+    expected = [_naive_rank(table[u], targets[u], histories[u]) for u in users]
+    for chunk_mb in (0, 1, 256):  # 0 -> one user per chunk
+        got = evaluate_ranks(lambda chunk: torch.from_numpy(table[chunk]), users, targets, histories, n_items,
+                             chunk_mb)
+        assert got.tolist() == expected
+
+
+def test_nan_scores_and_wrong_shapes_are_errors():
+    with pytest.raises(BenchError, match="NaN"):
+        _ranks([[0.0, float("nan"), 1.0]], [2])
+    with pytest.raises(BenchError, match="shape"):
+        evaluate_ranks(lambda chunk: torch.zeros(len(chunk), 4), np.arange(3), np.array([1, 1, 1]), None, 5)
