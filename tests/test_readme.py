@@ -1,0 +1,26 @@
+"""The README's plugin example is executed, so it cannot rot."""
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from bench import registry, runner
+from bench.config import load_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_paradigm_example_runs_through_the_harness(monkeypatch, slice_overrides, tmp_path):
+    for name in registry.BUILTIN:
+        registry.get(name)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ORIGIN", dict(registry._ORIGIN))
+    section = README.read_text().split("## Adding a paradigm", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.splitlines()) < 40
+    exec(compile(code, str(README), "exec"), {"__name__": "readme_example"})
+    cfg = load_config("smoke", overrides=[*slice_overrides, "paradigms.my-paradigm.alpha=2.0"])
+    out = runner.run("my-paradigm,pop", cfg, tmp_path / "run")
+    table = pd.read_csv(out / "per_user.csv")
+    mine, pop = (table[table["paradigm"] == p]["rank"].to_numpy() for p in ("my-paradigm", "pop"))
+    assert (mine == pop).all()  # scaled popularity ranks exactly like popularity
