@@ -83,6 +83,25 @@ class _ItemCount:
         return self._counts[field_name]
 
 
+class _CountingLoader:
+    """A RecBole train loader that reports each batch (for a progress bar); everything else is delegated."""
+
+    def __init__(self, loader, on_batch):
+        self._loader, self._on_batch = loader, on_batch
+
+    def __iter__(self):
+        for batch in self._loader:
+            yield batch
+            if self._on_batch:
+                self._on_batch(1)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
 def _config_dict(split: Split, enc: dict, workdir: Path) -> dict[str, Any]:
     return {**recbole_settings(enc["max_seq_len"]), **enc["params"],
             "data_path": split.recbole_path, "epochs": enc["epochs"], "learning_rate": enc["learning_rate"],
@@ -148,15 +167,15 @@ def _train(split: Split, cfg: Config, out: Path, logdir: Path, device: str, prog
                              "use SASRec or GRU4Rec (or another sequential model)") from None
         model = model_class(rb_config, train.dataset).to(rb_config["device"])
         trainer = get_trainer(rb_config["MODEL_TYPE"], cfg["encoder.model"])(rb_config, model)
-        bar = progress(total=cfg["encoder.epochs"], desc=f"train {cfg['encoder.model']}", unit="epoch") \
-            if progress else None
+        bar = progress(total=cfg["encoder.epochs"] * len(train), desc=f"train {cfg['encoder.model']}",
+                       unit="batch") if progress else None
 
         def on_epoch(epoch: int, valid_score: float) -> None:
             if bar:
-                bar.update(1)
-                bar.set_postfix(valid_ndcg10=f"{valid_score:.4f}")
+                bar.set_postfix(epoch=epoch + 1, valid_ndcg10=f"{valid_score:.4f}")
 
-        best, _ = trainer.fit(train, valid, saved=True, show_progress=False, callback_fn=on_epoch)
+        loader = _CountingLoader(train, bar.update if bar else None)
+        best, _ = trainer.fit(loader, valid, saved=True, show_progress=False, callback_fn=on_epoch)
         if bar:
             bar.close()
         checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
