@@ -3,3 +3,7 @@
 
 class BenchError(Exception):
     """A user-facing error. The CLI prints ``error: <message>`` on one line and exits with status 2."""
+
+
+class ParadigmUnavailable(BenchError):
+    """This paradigm cannot run on this data (e.g. no titles); the run skips it and completes the others."""

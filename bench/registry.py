@@ -29,6 +29,8 @@ ENTRY_POINT_GROUP = "bench.paradigms"
 BUILTIN: dict[str, str] = {
     "pop": "paradigms.baselines",
     "sasrec": "paradigms.baselines",
+    "id-direct": "paradigms.id_direct",
+    "id-translation": "paradigms.id_translation",
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

@@ -25,7 +25,9 @@ from bench import registry, report
 from bench.cache import atomic_write_text, default_cache_root
 from bench.config import Config, suggest
 from bench.encoders import Encoder, load_or_train
-from bench.errors import BenchError
+from bench.errors import BenchError, ParadigmUnavailable
+from bench.features import FeatureStore, FrozenLLM
+from bench.llm import load_backbone
 from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.split import STAGES, Split, build_split
 
@@ -84,18 +86,42 @@ def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | No
     if any(cls.needs_encoder for cls in classes):
         with timings("encoder"):
             encoder = load_or_train(split, cfg, cache_root, str(device), progress)
-    records, tokens, paradigm_info = [], [], {}
+    llm = None
+    if any(cls.needs_llm for cls in classes):
+        with timings("llm_load"):
+            llm = load_llm(cfg, device, cache_root, progress)
+    records, tokens, paradigm_info, skipped = [], [], {}, {}
     for seed in cfg["seeds"]:
         for cls in classes:
-            user_rows, token_rows, info = _run_one(cls, options[cls.name], split, encoder, cfg, seed, device,
-                                                   cache_root, progress, timings)
+            if cls.name in skipped:
+                continue
+            try:
+                user_rows, token_rows, info = _run_one(cls, options[cls.name], split, encoder, llm, cfg, seed,
+                                                       device, cache_root, progress, timings)
+            except ParadigmUnavailable as exc:
+                print(f"skipped {cls.name}: {exc}", file=sys.stderr)
+                skipped[cls.name] = str(exc)
+                continue
             records.append(user_rows)
             tokens.extend(token_rows)
             paradigm_info.setdefault(cls.name, {"version": cls.version, "options": options[cls.name],
                                                 "description": cls.description, "seeds": {}})
             paradigm_info[cls.name]["seeds"][str(seed)] = info
-    manifest = _manifest(cfg, split, encoder, device, timings, paradigm_info, argv)
+    if not records:
+        raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    manifest = _manifest(cfg, split, encoder, llm, device, timings, paradigm_info, argv)
+    manifest["skipped"] = skipped
     return _write_run(out, cfg, pd.concat(records, ignore_index=True), tokens, manifest)
+
+
+def load_llm(cfg: Config, device: torch.device, cache_root: Path, progress=None) -> FrozenLLM:
+    """The frozen backbone and its feature caches; the prompt budget is capped by the context window."""
+    backbone = load_backbone(cfg["llm.backbone"], device, cfg["llm.dtype"], cache_root, progress)
+    cap = cfg["llm.token_budget"]
+    budget = backbone.context_window if cap is None else min(cap, backbone.context_window)
+    batch = cfg["llm.batch_size"]
+    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, budget, batch),
+                     FeatureStore(backbone, cache_root, cfg["llm.item_max_tokens"], batch), budget)
 
 
 def _check_paradigm_sections(cfg: Config) -> None:
@@ -105,11 +131,11 @@ def _check_paradigm_sections(cfg: Config) -> None:
                              "no such paradigm")
 
 
-def _run_one(cls: type, options: dict, split: Split, encoder: Encoder | None, cfg: Config, seed: int,
-             device: torch.device, cache_root: Path, progress, timings: Timings):
+def _run_one(cls: type, options: dict, split: Split, encoder: Encoder | None, llm: FrozenLLM | None, cfg: Config,
+             seed: int, device: torch.device, cache_root: Path, progress, timings: Timings):
     generator = seed_everything(seed)
     context = registry.Context(config=cfg, options=options, seed=seed, device=device, cache_dir=cache_root,
-                               encoder=encoder, llm=None, progress=progress, generator=generator)
+                               encoder=encoder, llm=llm, progress=progress, generator=generator)
     paradigm = cls()
     tag = f"{cls.name}/seed{seed}"
     with timings(f"{tag}/fit"):
@@ -132,7 +158,7 @@ def _run_one(cls: type, options: dict, split: Split, encoder: Encoder | None, cf
         token_rows = [(cls.name, split.user_ids[t.user], t.hard_tokens, t.soft_tokens, t.history_len,
                        t.history_kept) for t in usage or []]
     info = {"trainable_parameters": int(paradigm.trainable_parameters()),
-            "fit_seconds": timings[f"{tag}/fit"]}
+            "fit_seconds": timings[f"{tag}/fit"], "training": getattr(paradigm, "info", None)}
     return pd.concat(frames, ignore_index=True), token_rows, info
 
 
@@ -160,8 +186,8 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _manifest(cfg: Config, split: Split, encoder: Encoder | None, device: torch.device, timings: Timings,
-              paradigm_info: dict, argv: list[str] | None) -> dict[str, Any]:
+def _manifest(cfg: Config, split: Split, encoder: Encoder | None, llm: FrozenLLM | None, device: torch.device,
+              timings: Timings, paradigm_info: dict, argv: list[str] | None) -> dict[str, Any]:
     hardware = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
@@ -175,6 +201,11 @@ def _manifest(cfg: Config, split: Split, encoder: Encoder | None, device: torch.
         "split_hash": split.hash,
         "split_stats": dict(split.stats),
         "encoder": None if encoder is None else {"key": encoder.key, **encoder.info},
+        "llm": None if llm is None else {
+            "backbone": llm.backbone.name, "fingerprint": llm.backbone.fingerprint, "layers": llm.backbone.n_layers,
+            "width": llm.backbone.width, "context_window": llm.backbone.context_window,
+            "pooling": llm.backbone.pooling, "dtype": str(next(llm.backbone.model.parameters()).dtype),
+            "token_budget": llm.token_budget, "forward_passes": llm.backbone.forward_calls},
         "seeds": list(cfg["seeds"]),
         "versions": _versions(),
         "hardware": hardware,

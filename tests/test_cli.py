@@ -27,7 +27,8 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     per_user = pd.read_csv(out / "per_user.csv", dtype={"user": str})
     assert list(per_user.columns[:5]) == ["paradigm", "seed", "stage", "user", "rank"]
     assert {"hit@10", "hit@100", "ndcg@10", "mrr@20"} <= set(per_user.columns)
-    assert set(per_user["paradigm"]) == {"pop", "sasrec"} and set(per_user["seed"]) == {0, 1}
+    assert set(per_user["paradigm"]) == {"pop", "sasrec", "id-direct", "id-translation"}
+    assert set(per_user["seed"]) == {0, 1}
     assert per_user.groupby(["paradigm", "seed", "stage"]).size().eq(60).all()  # every user, every stage
     assert "1" in set(per_user["user"])  # raw ids from the data, not internal ids
     metrics = json.loads((out / "metrics.json").read_text())
@@ -119,3 +120,16 @@ def test_help_documents_every_run_flag():
     for flag in ("--paradigms", "--dataset", "--data-dir", "--preset", "--config", "--set", "--seeds", "--out",
                  "--device"):
         assert flag in result.stdout
+
+
+def test_dataset_without_titles_skips_id_translation_and_completes_the_rest(tmp_path, fixtures_dir, cache_root):
+    (tmp_path / "notitles").mkdir()
+    (tmp_path / "notitles" / "notitles.inter").write_bytes((fixtures_dir / "ml-slice" / "ml-slice.inter").read_bytes())
+    out = tmp_path / "out"
+    result = run_cli("run", "--paradigms", "pop,id-translation", "--dataset", "notitles", "--data-dir", str(tmp_path),
+                     "--preset", "smoke", "--out", str(out), "--quiet", env={"BENCH_CACHE": str(cache_root)})
+    assert result.returncode == 0, result.stderr
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped id-translation")]
+    assert len(skipped) == 1 and "dataset 'notitles' has no item titles" in skipped[0]
+    assert set(pd.read_csv(out / "per_user.csv")["paradigm"]) == {"pop"}
+    assert "id-translation" in json.loads((out / "manifest.json").read_text())["skipped"]

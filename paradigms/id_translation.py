@@ -1,0 +1,33 @@
+"""ID-Translation: the LLM reads the titles of the user's items; long histories hit the token budget."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from bench.errors import ParadigmUnavailable
+from bench.registry import register
+from bench.split import Split
+from paradigms._text import TextTwoTower
+
+UNTITLED = "an untitled item"
+
+
+@register("id-translation")
+class IDTranslation(TextTwoTower):
+    """Prompt ``The user bought: Toy Story; GoldenEye; ...`` (most recent first); item text = its title."""
+
+    version = "1"
+    description = "ID-Translation: item titles as text, frozen LLM features, trained linear towers."
+
+    def check(self, split: Split) -> None:
+        if not split.has_titles:
+            raise ParadigmUnavailable(f"dataset '{split.dataset}' has no item titles (no .item file with a title "
+                                      "column), which id-translation needs")
+
+    def history_piece(self, split: Split, item: int) -> str:
+        return split.titles[item] or UNTITLED
+
+    def render(self, user_id: str, pieces: Sequence[str]) -> str:
+        return f"The user bought: {'; '.join(pieces)}"
+
+    def item_text(self, split: Split, item: int) -> str:
+        return split.titles[item] or UNTITLED

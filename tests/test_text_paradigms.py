@@ -1,0 +1,93 @@
+"""ID-Direct and ID-Translation: frozen backbone, budgets, and no leak of validation/test items into prompts."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench import registry, runner
+from bench.config import load_config
+from bench.registry import Context
+from bench.split import build_split
+
+TEXT_PARADIGMS = ("id-direct", "id-translation")
+
+
+@pytest.fixture(scope="module")
+def canary_data(tmp_path_factory, fixtures_dir):
+    """ml-slice with every user's validation item replaced by VALIDBIRD and test item by CANARY."""
+    root = tmp_path_factory.mktemp("canary-data")
+    frame = pd.read_csv(fixtures_dir / "ml-slice" / "ml-slice.inter", sep="\t", dtype=str)
+    frame.columns = ["user", "item", "rating", "time"]
+    frame = frame.iloc[np.lexsort((frame["time"].astype(float).to_numpy(), frame["user"].to_numpy()))]
+    position_from_end = frame.groupby("user").cumcount(ascending=False)
+    frame.loc[(position_from_end == 0).to_numpy(), "item"] = "CANARY"
+    frame.loc[(position_from_end == 1).to_numpy(), "item"] = "VALIDBIRD"
+    (root / "birds").mkdir()
+    frame[["user", "item", "time"]].to_csv(root / "birds" / "birds.inter", sep="\t", index=False,
+                                           header=["user_id:token", "item_id:token", "timestamp:float"])
+    items = pd.read_csv(fixtures_dir / "ml-slice" / "ml-slice.item", sep="\t", dtype=str)
+    extra = pd.DataFrame({items.columns[0]: ["CANARY", "VALIDBIRD"],
+                          items.columns[1]: ["Canary Movie", "Valid Bird Film"]})
+    pd.concat([items[items.columns[:2]], extra]).to_csv(root / "birds" / "birds.item", sep="\t", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(canary_data, cache_root):
+    cfg = load_config("smoke", overrides=[{"data": {"dataset": "birds", "data_dir": str(canary_data)},
+                                           "cache_dir": str(cache_root)}])
+    split = build_split(cfg, cache_root)
+    llm = runner.load_llm(cfg, torch.device("cpu"), cache_root)
+    before = {k: v.clone() for k, v in llm.backbone.model.state_dict().items()}
+    out = {}
+    for name in TEXT_PARADIGMS:
+        cls = registry.get(name)
+        paradigm = cls()
+        context = Context(config=cfg, options=registry.options_for(cls, cfg), seed=0, device=torch.device("cpu"),
+                          cache_dir=cache_root, llm=llm, generator=runner.seed_everything(0))
+        paradigm.fit(split, context)
+        out[name] = paradigm
+    return cfg, split, llm, before, out
+
+
+def test_backbone_weights_are_bit_identical_after_fit(fitted):
+    _, _, llm, before, _ = fitted
+    after = llm.backbone.model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name, test_marker, valid_marker", [("id-direct", "CANARY", "VALIDBIRD"),
+                                                              ("id-translation", "Canary Movie", "Valid Bird")])
+def test_no_validation_or_test_item_leaks_into_prompts(fitted, name, test_marker, valid_marker):
+    _, split, _, _, paradigms = fitted
+    paradigm = paradigms[name]
+    train_texts = [p.text for p in paradigm.train_prompts]
+    valid_texts = [p.text for p in paradigm._stage["valid"][0]]
+    test_texts = [p.text for p in paradigm._stage["test"][0]]
+    assert len(train_texts) > 0
+    for text in train_texts + valid_texts:
+        assert test_marker not in text and valid_marker not in text
+    for text in test_texts:
+        assert test_marker not in text
+    assert all(t.count(valid_marker) == 1 for t in test_texts)  # the validation item is test-stage history
+
+
+@pytest.mark.parametrize("name", TEXT_PARADIGMS)
+def test_token_usage_respects_the_budget(fitted, name):
+    cfg, split, llm, _, paradigms = fitted
+    rows = paradigms[name].token_usage(split.users, "test")
+    assert len(rows) == len(split.users)
+    for row in rows:
+        assert row.hard_tokens <= llm.token_budget and row.soft_tokens == 0
+        assert 0 <= row.history_kept <= row.history_len == len(split.history(row.user, "test"))
+        assert row.hard_tokens == llm.backbone.count_tokens(paradigms[name]._stage["test"][0][row.user - 1].text)
+    assert any(r.history_kept < r.history_len for r in rows)  # 64 tokens cannot hold long histories
+
+
+def test_scores_have_full_item_width_and_towers_are_the_only_trainables(fitted):
+    _, split, _, _, paradigms = fitted
+    for paradigm in paradigms.values():
+        scores = paradigm.score(split.users[:5], "test")
+        assert scores.shape == (5, split.n_items) and torch.isfinite(scores).all()
+        assert paradigm.trainable_parameters() == 2 * (384 * 128 + 128)
