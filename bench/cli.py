@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (config: seeds)")
     run.add_argument("--out", type=Path, help="run directory (default: results/DATASET/TIME-CONFIGHASH)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="config: device (default: auto)")
+    run.add_argument("--llm", metavar="NAME", help="frozen backbone: minilm, smollm2-135m, a model folder or a "
+                                                   "Hugging Face id (config: llm.backbone; default: minilm)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("list", help="paradigms (version, description, options), datasets and presets")
     rep = sub.add_parser("report", help="rebuild a run's tables from its saved per-user results")
@@ -52,6 +54,8 @@ def _overrides(args: argparse.Namespace) -> list:
         layer.append({"data": {"data_dir": args.data_dir}})
     if args.device:
         layer.append({"device": args.device})
+    if args.llm:
+        layer.append({"llm": {"backbone": args.llm}})
     if args.seeds:
         try:
             layer.append({"seeds": [int(s) for s in args.seeds.split(",") if s.strip()]})

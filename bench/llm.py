@@ -108,11 +108,6 @@ class Backbone:
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
 
-    def tokenize(self, texts: Sequence[str], max_tokens: int) -> dict:
-        """Right-padded batch of token ids, each text cut to ``max_tokens`` tokens."""
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens,
-                              return_tensors="pt")
-
     def count_tokens(self, text: str) -> int:
         """Tokens the backbone spends on ``text`` (special tokens included)."""
         return len(self.tokenizer(text, truncation=False)["input_ids"])
@@ -120,15 +115,18 @@ class Backbone:
     @torch.no_grad()
     def encode(self, texts: Sequence[str], max_tokens: int, batch_size: int = 32, progress=None,
                desc: str = "encode", sort_by_length: bool = True) -> torch.Tensor:
-        """Pooled features of ``texts`` ([n, width] float32 on CPU), batched by token length to waste little
-        compute on padding."""
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort_by_length else list(range(len(texts)))
+        """Pooled features of ``texts`` ([n, width] float32 on CPU), each cut to ``max_tokens`` tokens.
+
+        Texts are tokenized once, then batched in order of token length (``sort_by_length``), so a batch
+        pads to a similar length instead of to its longest member.
+        """
+        ids = self.tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if sort_by_length else list(range(len(ids)))
         out = torch.empty(len(texts), self.width, dtype=torch.float32)
         bar = progress(total=len(texts), desc=desc, unit="text", leave=False) if progress and texts else None
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            batch = self.tokenize([texts[i] for i in index], max_tokens).to(self.device)
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt").to(self.device)
             hidden = self.model(**batch).last_hidden_state
             self.forward_calls += 1
             out[index] = self.pool(hidden, batch["attention_mask"]).float().cpu()

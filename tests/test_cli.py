@@ -118,7 +118,7 @@ def test_list_shows_paradigms_datasets_presets():
 def test_help_documents_every_run_flag():
     result = run_cli("run", "--help")
     for flag in ("--paradigms", "--dataset", "--data-dir", "--preset", "--config", "--set", "--seeds", "--out",
-                 "--device"):
+                 "--device", "--llm"):
         assert flag in result.stdout
 
 

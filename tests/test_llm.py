@@ -38,7 +38,9 @@ def test_unknown_architecture_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_backbone("minilm", torch.device("cpu"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        return load_backbone("minilm", torch.device("cpu"))
 
 
 def test_minilm_alias_loads_offline_frozen_and_mean_pools(minilm, monkeypatch):
@@ -69,3 +71,16 @@ def test_length_sorted_batches_give_the_same_features(minilm):
     texts = ["a", "a much longer text with many more words in it than the first", "mid length text"]
     assert torch.allclose(minilm.encode(texts, 32, batch_size=2),
                           minilm.encode(texts, 32, batch_size=2, sort_by_length=False), atol=1e-5)
+
+
+def test_smollm2_alias_converts_gguf_once_and_pools_the_last_real_token(cache_root, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backbone = load_backbone("smollm2-135m", torch.device("cpu"), cache_root=cache_root)
+    assert backbone.is_decoder and backbone.pooling == "last"
+    assert backbone.n_layers == 30 and backbone.width == 576 and backbone.context_window >= 2048
+    assert all(not p.requires_grad for p in backbone.model.parameters())
+    assert len(list(cache_root.glob("llm/*/model.safetensors"))) == 1
+    short, padded = backbone.encode(["Toy Story", "Toy Story"], 16), backbone.encode(["Toy Story", "x " * 12], 16)
+    assert torch.allclose(short[0], padded[0], atol=1e-4)  # right padding does not move the pooled token
+    again = load_backbone("smollm2-135m", torch.device("cpu"), cache_root=cache_root)  # from the cached folder
+    assert again.fingerprint == backbone.fingerprint
