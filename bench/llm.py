@@ -101,11 +101,13 @@ class Backbone:
         return next(self.model.parameters()).device
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[b, L, d] hidden states and [b, L] attention mask (right padding) -> [b, d]."""
-        mask = mask.to(hidden.dtype)
+        """[b, L, d] hidden states and [b, L] attention mask -> [b, d]: the mean over real positions
+        (encoders) or the last real position (decoders; masked gaps before it are allowed)."""
         if self.is_decoder:
-            last = mask.sum(dim=1).long().clamp(min=1) - 1
+            positions = torch.arange(mask.shape[1], device=mask.device)
+            last = (mask.long() * positions).argmax(dim=1)
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        mask = mask.to(hidden.dtype)
         return (hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1)
 
     def count_tokens(self, text: str) -> int:

@@ -31,6 +31,10 @@ BUILTIN: dict[str, str] = {
     "sasrec": "paradigms.baselines",
     "id-direct": "paradigms.id_direct",
     "id-translation": "paradigms.id_translation",
+    "ra-rec": "paradigms.ra_rec",
+    "ra-rec-noinst": "paradigms.ra_rec",
+    "ra-rec-noinfonce": "paradigms.ra_rec",
+    "ra-rec-input": "paradigms.ra_rec",
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

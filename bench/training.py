@@ -1,8 +1,10 @@
 """The one training loop every trainable paradigm shares: BPR over (prefix -> next item) samples.
 
 Same epochs, batch size, learning rate, negatives and early stopping (config section ``train``) for every
-paradigm, so differences in results come from the representation, not the budget. Negatives are sampled
-uniformly over real items and taken in-batch (the other samples' targets).
+paradigm, so differences in results come from the representation, not the budget. Each batch draws
+``train.negatives`` items uniformly over real items, shared by all its samples, and every sample also
+takes the other samples' targets as in-batch negatives. Sharing keeps the item side of a batch small
+(batch + negatives items), which matters for paradigms whose item vectors go through the LLM.
 """
 from __future__ import annotations
 
@@ -47,10 +49,10 @@ def training_samples(split: Split, per_user: int) -> tuple[np.ndarray, np.ndarra
 
 
 def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """Mean BPR loss. ``user``/``positive``: [b, k]; ``negatives``: [b, n, k] sampled negatives; the other
-    rows' positives act as in-batch negatives."""
+    """Mean BPR loss. ``user``/``positive``: [b, k]; ``negatives``: [n, k] sampled negatives shared by the
+    batch; the other rows' positives act as in-batch negatives."""
     pos = (user * positive).sum(-1, keepdim=True)                       # [b, 1]
-    sampled = torch.einsum("bk,bnk->bn", user, negatives)              # [b, n]
+    sampled = user @ negatives.T                                        # [b, n]
     in_batch = user @ positive.T                                        # [b, b]
     off_diagonal = ~torch.eye(len(user), dtype=torch.bool, device=user.device)
     diffs = torch.cat([pos - sampled, (pos - in_batch)[off_diagonal].view(len(user), -1)], dim=1)
@@ -61,7 +63,9 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
               validate: Callable[[], float], progress=None, extra_loss: Callable | None = None,
               desc: str = "train") -> dict:
     """Train ``task`` on samples ``0..len(targets)-1`` with BPR; early-stop on ``validate()`` (higher = better)
-    and restore the best parameters. Returns epochs run, best validation score and seconds."""
+    and restore the best parameters. ``extra_loss(items, item_vectors)``, if given, is added to every batch's
+    loss (it receives the batch's target items and their vectors). Returns epochs run, best validation score,
+    seconds and the per-epoch history."""
     params = [p for p in task.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg["train.learning_rate"], weight_decay=cfg["train.weight_decay"])
     target_t = torch.as_tensor(targets, dtype=torch.long)
@@ -75,13 +79,12 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
         losses = []
         for begin in range(0, len(order), batch):
             idx = order[begin:begin + batch]
-            negatives = torch.randint(1, n_items, (len(idx), n_neg), generator=generator)
+            negatives = torch.randint(1, n_items, (n_neg,), generator=generator)
             user = task.sample_vectors(idx)
             positive = task.item_vectors(target_t[idx])
-            negative = task.item_vectors(negatives.view(-1)).view(len(idx), n_neg, -1)
-            loss = bpr_loss(user, positive, negative)
+            loss = bpr_loss(user, positive, task.item_vectors(negatives))
             if extra_loss is not None:
-                loss = loss + extra_loss(idx, target_t[idx])
+                loss = loss + extra_loss(target_t[idx], positive)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
