@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import Config
+from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.split import Split
 
 
@@ -46,6 +47,15 @@ def training_samples(split: Split, per_user: int) -> tuple[np.ndarray, np.ndarra
             lengths.append(position)
             targets.append(int(history[position]))
     return np.array(users, dtype=np.int64), np.array(lengths, dtype=np.int64), np.array(targets, dtype=np.int64)
+
+
+@torch.no_grad()
+def validation_ndcg(split: Split, score: Callable[[np.ndarray, str], torch.Tensor], chunk_mb: int) -> float:
+    """Mean NDCG@10 on the validation stage (full ranking, history masked): the early-stopping signal."""
+    users = split.users
+    ranks = evaluate_ranks(lambda chunk: score(chunk, "valid"), users, split.valid_target[users],
+                           [split.history(int(u), "valid") for u in users], split.n_items, chunk_mb)
+    return float(metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"].mean())
 
 
 def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.registry import Context, Paradigm, TokenUsage
 from bench.split import STAGES, Split
 from bench.tokens import FittedPrompt, fit_prompt, usage
-from bench.training import train_bpr, training_samples
+from bench.training import train_bpr, training_samples, validation_ndcg
 
 
 class _Towers(torch.nn.Module):
@@ -76,14 +75,8 @@ class TextTwoTower(Paradigm):
         feats = ctx.llm.prompts.encode([p.text for p in prompts], ctx.progress, f"{self.name} {stage} prompts")
         return prompts, torch.cat([torch.zeros(1, feats.shape[1]), feats])
 
-    @torch.no_grad()
     def _validate(self) -> float:
-        split = self._split
-        users = split.users
-        ranks = evaluate_ranks(lambda chunk: self.score(chunk, "valid"), users, split.valid_target[users],
-                               [split.history(int(u), "valid") for u in users], split.n_items,
-                               self._ctx.config["eval.chunk_mb"])
-        return float(metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"].mean())
+        return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:

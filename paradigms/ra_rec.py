@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.registry import Context, Paradigm, TokenUsage, register
 from bench.soft_prompts import LayerProjectors, injected
 from bench.split import STAGES, Split
-from bench.training import train_bpr, training_samples
+from bench.training import train_bpr, training_samples, validation_ndcg
 
 UNTITLED = "an untitled item"
 _STOPWORDS = frozenset("a an and the of for with in on to by from at is it its this that or as be".split())
@@ -237,15 +237,8 @@ class RARec(Paradigm):
         return torch.cat(rows)
 
     def _validate(self) -> float:
-        from bench.metrics import evaluate_ranks, metrics_from_ranks
-
         self._vectors, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
-        split = self._split
-        users = split.users
-        ranks = evaluate_ranks(lambda chunk: self.score(chunk, "valid"), users, split.valid_target[users],
-                               [split.history(int(u), "valid") for u in users], split.n_items,
-                               self._ctx.config["eval.chunk_mb"])
-        return float(metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"].mean())
+        return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
