@@ -46,6 +46,29 @@ def injected(blocks: torch.nn.ModuleList, prefixes: Sequence[torch.Tensor | None
             handle.remove()
 
 
+@torch.no_grad()
+def block_input_scales(model: torch.nn.Module, blocks: torch.nn.ModuleList, batch: dict) -> torch.Tensor:
+    """Standard deviation of each block's input hidden states on a real batch: ``[L]``.
+
+    Soft prompts initialised at this scale start out as loud as the tokens around them; at a much smaller
+    scale the frozen attention all but ignores them and training barely moves.
+    """
+    scales: list[float] = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        mask = batch["attention_mask"].bool()
+        scales.append(float(hidden[mask].float().std()))
+
+    handles = [block.register_forward_pre_hook(hook, with_kwargs=True) for block in blocks]
+    try:
+        model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.tensor(scales)
+
+
 class LayerProjectors(torch.nn.Module):
     """``p_l(e) = W_l e + b_l`` for every layer l: ID embeddings ``[..., d_e]`` -> ``[L, ..., d]``.
 
@@ -62,6 +85,13 @@ class LayerProjectors(torch.nn.Module):
         else:
             self.weight = torch.nn.Parameter(torch.randn(n_layers, out_dim, in_dim) * init_std)
         self.bias = torch.nn.Parameter(torch.zeros(n_layers, out_dim))
+
+    @torch.no_grad()
+    def calibrate(self, embeddings: torch.Tensor, target_std: torch.Tensor) -> None:
+        """Rescale each layer's weight so projected ``embeddings`` ([n, d_e]) have std ``target_std[l]``."""
+        current = self.forward(embeddings).flatten(1).std(dim=1)          # [L]
+        factor = (target_std.to(current) / current.clamp(min=1e-8)).view(-1, 1, 1)
+        self.weight.mul_(factor)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """[..., d_e] -> [L, ..., d]."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.registry import Context, Paradigm, TokenUsage, register
-from bench.soft_prompts import LayerProjectors, injected
+from bench.soft_prompts import LayerProjectors, block_input_scales, injected
 from bench.split import STAGES, Split
 from bench.training import train_bpr, training_samples, validation_ndcg
 
@@ -83,9 +83,19 @@ class _Aligner(torch.nn.Module):
             raise BenchError(f"paradigms.ra-rec.layers must be 'all' or 'input', got {options['layers']!r}")
         self.projectors = LayerProjectors(n_inject, id_embeddings.shape[1], backbone.width, options["rank"])
         m = options["instruction_len"]
-        self.instruction = torch.nn.Parameter(torch.randn(n_inject, m, backbone.width) * 0.02) if m else None
+        self.instruction = torch.nn.Parameter(torch.randn(n_inject, m, backbone.width)) if m else None
         self.register_buffer("id_embeddings", id_embeddings.float(), persistent=False)
         self.to(backbone.device)
+
+    def calibrate(self, texts: list[str]) -> None:
+        """Start soft prompts at the scale of each layer's real hidden states (measured on ``texts``)."""
+        batch = self.backbone.tokenizer(texts, padding=True, return_tensors="pt").to(self.backbone.device)
+        scales = block_input_scales(self.backbone.model, self.backbone.blocks, dict(batch))
+        scales = scales[:self.projectors.weight.shape[0]].to(self.backbone.device)
+        self.projectors.calibrate(self.id_embeddings[1:1025], scales)
+        if self.instruction is not None:
+            with torch.no_grad():
+                self.instruction.mul_(scales.view(-1, 1, 1))
 
     @property
     def instruction_len(self) -> int:
@@ -163,6 +173,7 @@ class RARec(Paradigm):
         tokenizer = llm.backbone.tokenizer
         self._hard = tokenizer(opts["hard_prompt"])["input_ids"]
         titles = [split.titles[i] or UNTITLED for i in range(split.n_items)]
+        self._aligner.calibrate([opts["hard_prompt"]] + titles[1:65])
         self._titles = tokenizer(titles, truncation=True, max_length=llm.items.max_tokens)["input_ids"]
         text_only = llm.items.encode(titles[1:], context.progress, f"{self.name} item titles")
         self._text_only = torch.cat([torch.zeros(1, text_only.shape[1]), text_only])

@@ -53,3 +53,11 @@ def test_layer_projectors_map_id_embeddings_into_every_layer(rank):
     assert out.shape == (3, 5, 7, 32)
     expected_params = 3 * 32 * 8 + 3 * 32 if rank is None else 4 * 8 + 3 * 32 * 4 + 3 * 32
     assert sum(p.numel() for p in projectors.parameters()) == expected_params
+
+
+def test_calibration_matches_the_target_scale_per_layer():
+    projectors = LayerProjectors(n_layers=3, in_dim=8, out_dim=32)
+    embeddings = torch.randn(100, 8)
+    target = torch.tensor([0.5, 1.0, 4.0])
+    projectors.calibrate(embeddings, target)
+    assert torch.allclose(projectors(embeddings).flatten(1).std(dim=1), target, rtol=1e-4)
