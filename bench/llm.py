@@ -16,7 +16,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -225,4 +225,3 @@ def _weights_signature(folder: Path) -> list:
     return sorted((p.name, p.stat().st_size) for p in folder.glob("*.safetensors"))
 
 
-ProgressFactory = Callable[..., object]

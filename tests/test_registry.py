@@ -1,8 +1,6 @@
 import subprocess
 import sys
-from importlib import metadata
 
-import numpy as np
 import pytest
 import torch
 
