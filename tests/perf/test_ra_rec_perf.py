@@ -26,7 +26,7 @@ def _timed(fn, repeats=3):
 
 def test_ra_rec_batch_profile_and_hook_overhead(tmp_path):
     cfg = load_config("default", overrides=["encoder.epochs=1", "train.epochs=1", {"cache_dir": str(tmp_path)},
-                                            "paradigms.ra-rec.train_fraction=0.01"])
+                                            "paradigms.ra-rec.train_fraction=0.06"])  # >= one full batch
     split = build_split(cfg, tmp_path)
     encoder = encoders.load_or_train(split, cfg, tmp_path)
     llm = runner.load_llm(cfg, torch.device("cpu"), tmp_path)
