@@ -149,9 +149,6 @@ class RARec(Paradigm):
     description = "RA-Rec: ID embeddings projected into every LLM layer as soft prompts, plus instruction prefixes."
     needs_encoder = True
     needs_llm = True
-    # Not yet part of `--paradigms all`: on 2 CPU cores a default-preset fit takes ~18 minutes, beyond the
-    # run's time goal, and its first results are still being investigated (issue 4). Run it by name.
-    in_all = False
     defaults = {
         "instruction_len": 4,       # m: learnable instruction vectors per layer (0 = none)
         "layers": "all",            # where soft prompts enter: all layers, or the input layer only

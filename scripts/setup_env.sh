@@ -13,7 +13,8 @@ echo "bench: setting up $VENV (one time, a few minutes)" >&2
 pip_install() {
   # This machine's pip config lists local index folders that may not exist: drop those warnings only.
   "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$@" \
-    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    2> >(grep -v -e "is ignored: it is neither a file nor a directory" -e "dependency resolver does not currently" \
+              -e "^recbole 1.2.1 requires" >&2)  # recbole's optional deps (ray, plotly, tabulate) are not needed
 }
 pip_install --upgrade pip setuptools wheel
 # 1. torch pinned first: an unpinned torch would pull a multi-GB CUDA build.

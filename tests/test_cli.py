@@ -27,7 +27,7 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     per_user = pd.read_csv(out / "per_user.csv", dtype={"user": str})
     assert list(per_user.columns[:5]) == ["paradigm", "seed", "stage", "user", "rank"]
     assert {"hit@10", "hit@100", "ndcg@10", "mrr@20"} <= set(per_user.columns)
-    assert set(per_user["paradigm"]) == {"pop", "sasrec", "id-direct", "id-translation"}
+    assert set(per_user["paradigm"]) == {"pop", "sasrec", "id-direct", "id-translation", "ra-rec"}
     assert set(per_user["seed"]) == {0, 1}
     assert per_user.groupby(["paradigm", "seed", "stage"]).size().eq(60).all()  # every user, every stage
     assert "1" in set(per_user["user"])  # raw ids from the data, not internal ids

@@ -73,7 +73,7 @@ def test_contract_is_validated_at_registration(clean_registry):
 
 
 def test_resolve_all_lists_and_globs(clean_registry):
-    assert [c.name for c in registry.resolve("all")] == ["id-direct", "id-translation", "pop", "sasrec"]
+    assert [c.name for c in registry.resolve("all")] == ["id-direct", "id-translation", "pop", "ra-rec", "sasrec"]
     assert [c.name for c in registry.resolve("sas*")] == ["sasrec"]
     assert [c.name for c in registry.resolve("pop, pop,sasrec")] == ["pop", "sasrec"]
     with pytest.raises(BenchError, match="no paradigm matches"):
