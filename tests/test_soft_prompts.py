@@ -7,20 +7,22 @@ from bench.soft_prompts import LayerProjectors, injected
 
 
 def _tiny(family):
+    """A frozen tiny randomly initialised model of the family and its blocks."""
     torch.manual_seed(0)
     if family == "bert":
-        return BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                    intermediate_size=37, vocab_size=99)).eval()
-    return LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
-                                  intermediate_size=37, vocab_size=99)).eval()
+        model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                     intermediate_size=37, vocab_size=99)).eval()
+    else:
+        model = LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                       num_key_value_heads=1, intermediate_size=37, vocab_size=99)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, transformer_blocks(model)
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_injection_at_every_depth_changes_the_output(family):
-    model = _tiny(family)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    blocks = transformer_blocks(model)
+    model, blocks = _tiny(family)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     plain = model(input_ids=ids).last_hidden_state
     for layer in range(len(blocks)):
@@ -34,10 +36,7 @@ def test_injection_at_every_depth_changes_the_output(family):
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_gradients_reach_only_the_prefixes(family):
-    model = _tiny(family)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    blocks = transformer_blocks(model)
+    model, blocks = _tiny(family)
     prefixes = [torch.randn(1, 2, 32, requires_grad=True) for _ in blocks]
     with injected(blocks, prefixes):
         out = model(input_ids=torch.tensor([[5, 6, 7, 8]])).last_hidden_state[:, -1]
