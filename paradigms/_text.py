@@ -66,7 +66,8 @@ class TextTwoTower(Paradigm):
         self._stage = {stage: self._stage_prompts(stage) for stage in STAGES}
         self._towers = _Towers(llm.backbone.width, context.options["dim"], sample_feats, item_feats)
         self.info = train_bpr(self._towers, targets, split.n_items, cfg, context.generator,
-                              lambda: self._validate(), progress, desc=f"{self.name} fit")
+                              self._validate, progress, desc=f"{self.name} fit")
+        self._refresh_items()
 
     def _stage_prompts(self, stage: str) -> tuple[list[FittedPrompt], torch.Tensor]:
         split, ctx = self._split, self._ctx
@@ -75,14 +76,19 @@ class TextTwoTower(Paradigm):
         feats = ctx.llm.prompts.encode([p.text for p in prompts], ctx.progress, f"{self.name} {stage} prompts")
         return prompts, torch.cat([torch.zeros(1, feats.shape[1]), feats])
 
+    @torch.no_grad()
+    def _refresh_items(self) -> None:
+        """Item-tower vectors of every item, computed once per evaluation instead of once per user chunk."""
+        self._item_vectors = self._towers.item(self._towers.item_feats)
+
     def _validate(self) -> float:
+        self._refresh_items()
         return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
         user_vectors = self._towers.user(self._stage[stage][1][torch.as_tensor(users)])
-        item_vectors = self._towers.item(self._towers.item_feats)
-        return user_vectors @ item_vectors.T
+        return user_vectors @ self._item_vectors.T
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
         prompts = self._stage[stage][0]
