@@ -1,8 +1,9 @@
-"""Command line: ``bench run``, ``bench list``, ``bench report``. Errors are one line and exit with status 2."""
+"""Command line: ``bench run|list|report|compare``. Errors are one line and exit with status 2."""
 from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,10 @@ EPILOG = """examples:
   python -m bench run --paradigms pop,sasrec --dataset ml-100k --preset smoke
   python -m bench run --paradigms sasrec --dataset book --set data.max_users=5000 --seeds 0,1,2
   python -m bench run --paradigms all --dataset mydata --data-dir ~/atomic   # ~/atomic/mydata/mydata.inter
+  python -m bench run --paradigms ra-rec --sweep paradigms.ra-rec.train_fraction=0.05,0.1,0.25,0.5,1.0
+  python -m bench run --resume results/ml-100k/20260101-120000-abcdef123456    # continue after Ctrl-C
   python -m bench report results/ml-100k/20260101-120000-abcdef123456
+  python -m bench compare RUN_A RUN_B
 """
 
 
@@ -25,11 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run paradigms on a dataset and write a run directory",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    run.add_argument("--paradigms", default="all", metavar="LIST",
+    run.add_argument("--paradigms", metavar="LIST",
                      help="comma-separated names, globs (ra-rec*) or 'all' (default: all)")
     run.add_argument("--dataset", help="ml-100k, book, cloth, or NAME under --data-dir (config: data.dataset)")
     run.add_argument("--data-dir", help="folder holding NAME/NAME.inter (config: data.data_dir; env BENCH_DATA)")
-    run.add_argument("--preset", default="default", help="configs/presets/NAME.yaml: smoke, default, paper "
+    run.add_argument("--preset", help="configs/presets/NAME.yaml: smoke, default, paper "
                                                          "(default: default)")
     run.add_argument("--config", metavar="FILE", help="YAML file of config keys, applied after the preset")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -39,10 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="config: device (default: auto)")
     run.add_argument("--llm", metavar="NAME", help="frozen backbone: minilm, smollm2-135m, a model folder or a "
                                                    "Hugging Face id (config: llm.backbone; default: minilm)")
+    run.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                     help="run over several values of one config key into one run directory, e.g. "
+                          "paradigms.ra-rec.train_fraction=0.1,0.5,1.0 (adds the data-efficiency plot)")
+    run.add_argument("--resume", metavar="RUN_DIR", type=Path,
+                     help="continue an interrupted run: finished (paradigm, seed) jobs are reused; takes the "
+                          "interrupted run's paradigms and config, so pass no other run option")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("list", help="paradigms (version, description, options), datasets and presets")
-    rep = sub.add_parser("report", help="rebuild a run's tables from its saved per-user results")
+    rep = sub.add_parser("report", help="rebuild a run's tables, significance tests and plots from its saved files")
     rep.add_argument("run_dir", type=Path)
+    cmp = sub.add_parser("compare", help="test each paradigm of run A against the same paradigm of run B "
+                                         "(both runs must share the split)")
+    cmp.add_argument("run_a", type=Path)
+    cmp.add_argument("run_b", type=Path)
+    cmp.add_argument("--out", type=Path, help="also write the tests as CSV (significance.csv columns)")
     return parser
 
 
@@ -70,12 +85,23 @@ def _progress(quiet: bool):
     return None if quiet else functools.partial(tqdm, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
 
+RUN_OPTIONS = ("paradigms", "dataset", "data_dir", "preset", "config", "overrides", "seeds", "out", "device", "llm",
+               "sweep")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
-    from bench.runner import run
+    from bench.runner import resume, run
 
-    cfg = load_config(args.preset, args.config, _overrides(args))
-    out = run(args.paradigms, cfg, args.out, _progress(args.quiet), argv=["bench", *sys.argv[1:]])
+    argv = ["bench", *sys.argv[1:]]
+    if args.resume:
+        given = [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS if getattr(args, name)]
+        if given:
+            raise BenchError(f"--resume takes the interrupted run's paradigms and config; drop {', '.join(given)}")
+        out = resume(args.resume, _progress(args.quiet), argv)
+    else:
+        cfg = load_config(args.preset or "default", args.config, _overrides(args))
+        out = run(args.paradigms or "all", cfg, args.out, _progress(args.quiet), argv=argv, sweep=args.sweep)
     print((out / "results.md").read_text())
     print(f"run directory: {out}")
     return 0
@@ -107,6 +133,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench import report
+
+    table = report.compare_runs(args.run_a, args.run_b)
+    if args.out:
+        from bench.cache import atomic_write_text
+
+        atomic_write_text(args.out, table.to_csv(index=False, float_format="%.6g"))
+    print(report.compare_md(table, args.run_a, args.run_b))
+    return 0
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _one_line_warnings(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
@@ -115,14 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bench`` and ``python -m bench``; returns the exit status."""
     args = _parser().parse_args(argv)
     warnings.formatwarning = _one_line_warnings
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report}
+    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:
         return handlers[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: no partial results were written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(str(exc) or "interrupted: no results were written", file=sys.stderr)
         return 130
 
 

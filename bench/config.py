@@ -199,6 +199,20 @@ def _check_values(tree: Mapping) -> None:
         raise BenchError(f"config key 'eval.metrics': unknown metric {bad[0]!r}; use hit, ndcg or mrr")
     if not tree["eval"]["ks"] or not all(isinstance(k, int) and k > 0 for k in tree["eval"]["ks"]):
         raise BenchError("config key 'eval.ks' must be a non-empty list of positive integers")
+    _check_report(tree["report"])
+
+
+def _check_report(section: Mapping) -> None:
+    for metric in section["metrics"]:
+        name, _, k = str(metric).partition("@")
+        if name not in ("hit", "ndcg", "mrr") or not k.isdigit():
+            raise BenchError(f"config key 'report.metrics': {metric!r} is not METRIC@K (e.g. ndcg@10)")
+    if section["test"] not in ("t", "wilcoxon"):
+        raise BenchError(f"config key 'report.test' must be t or wilcoxon, got {section['test']!r}")
+    if not 0 < section["alpha"] < 1:
+        raise BenchError(f"config key 'report.alpha' must be between 0 and 1, got {section['alpha']!r}")
+    if section["bootstrap"] < 100:
+        raise BenchError(f"config key 'report.bootstrap' must be at least 100, got {section['bootstrap']!r}")
 
 
 def load_config(
@@ -220,9 +234,22 @@ def load_config(
         _merge(tree, _read_yaml(path), schema, f"preset {preset} ({path})")
     if config_file:
         _merge(tree, _read_yaml(Path(config_file)), schema, str(config_file))
+    _apply(tree, overrides, schema)
+    _check_values(tree)
+    return Config(_freeze(tree))
+
+
+def with_overrides(cfg: Config, overrides: Iterable[str | Mapping]) -> Config:
+    """``cfg`` with more ``--set``-style overrides applied and validated like :func:`load_config`'s."""
+    schema = _read_yaml(DEFAULTS_FILE)
+    tree = cfg.to_dict()
+    _apply(tree, overrides, schema)
+    _check_values(tree)
+    return Config(_freeze(tree))
+
+
+def _apply(tree: dict, overrides: Iterable[str | Mapping], schema: Mapping) -> None:
     for item in overrides:
         layer = parse_override(item) if isinstance(item, str) else item
         source = f"--set {item}" if isinstance(item, str) else "command line"
         _merge(tree, layer, schema, source)
-    _check_values(tree)
-    return Config(_freeze(tree))

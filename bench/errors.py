@@ -7,3 +7,7 @@ class BenchError(Exception):
 
 class ParadigmUnavailable(BenchError):
     """This paradigm cannot run on this data (e.g. no titles); the run skips it and completes the others."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during a run; the message says how to resume. The CLI exits with status 130."""

@@ -1,22 +1,30 @@
-"""Tables of a run, rebuilt from its saved files alone (``per_user.csv``, ``tokens.csv``, ``manifest.json``).
+"""Tables, significance tests and plots of a run, rebuilt from its saved files alone.
 
-``bench report RUN_DIR`` calls :func:`build`, so what a run writes and what a later re-analysis writes
-are produced by the same code and are byte-identical.
+Inputs: ``per_user.csv``, ``tokens.csv``, ``manifest.json`` and ``config.yaml`` (its ``report`` section).
+Outputs: ``metrics.json``, ``significance.csv``, ``results.md``, ``results.csv``, ``results.tex`` and the plots.
+``bench report RUN_DIR`` calls :func:`build`, so what a run writes and what a later re-analysis writes are
+produced by the same code and are byte-identical.
 """
 from __future__ import annotations
 
 import json
+import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bench import stats
 from bench.cache import atomic_write_text
+from bench.config import Config, load_config
 from bench.errors import BenchError
 
 MAIN_METRICS = ("hit@100", "ndcg@10")
 ID_COLUMNS = ("paradigm", "seed", "stage", "user", "rank")
+METRIC_NAMES = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR"}
+LETTERS = string.ascii_lowercase + string.ascii_uppercase
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -30,10 +38,36 @@ def metric_columns(per_user: pd.DataFrame) -> list[str]:
     return [m for m in MAIN_METRICS if m in metrics] + [m for m in metrics if m not in MAIN_METRICS]
 
 
-def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(per_user, tokens, manifest) of a run directory; a one-line error when a file is missing."""
+def display_name(metric: str) -> str:
+    """``ndcg@10`` -> ``NDCG@10``."""
+    name, _, k = metric.partition("@")
+    return f"{METRIC_NAMES.get(name, name)}@{k}"
+
+
+@dataclass
+class Run:
+    """A run directory's saved files, read back."""
+
+    path: Path
+    per_user: pd.DataFrame
+    tokens: pd.DataFrame
+    manifest: dict
+    config: Config
+
+    @property
+    def paradigms(self) -> list[str]:
+        """Paradigm labels in run order."""
+        return list(dict.fromkeys(self.per_user["paradigm"]))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({int(s) for s in self.per_user["seed"]})
+
+
+def read_run(run_dir: Path) -> Run:
+    """Read a finished run directory; a one-line error naming the missing or broken file."""
     run_dir = Path(run_dir)
-    files = {name: run_dir / name for name in ("per_user.csv", "tokens.csv", "manifest.json")}
+    files = {name: run_dir / name for name in ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")}
     for name, path in files.items():
         if not path.is_file():
             raise BenchError(f"{run_dir} is not a finished run directory: {name} is missing")
@@ -41,7 +75,22 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     missing = [c for c in ID_COLUMNS if c not in per_user.columns]
     if missing:
         raise BenchError(f"{files['per_user.csv']}: missing column {missing[0]!r}")
-    return per_user, pd.read_csv(files["tokens.csv"], dtype={"user": str}), json.loads(files["manifest.json"].read_text())
+    try:
+        manifest = json.loads(files["manifest.json"].read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"{files['manifest.json']}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return Run(run_dir, per_user, pd.read_csv(files["tokens.csv"], dtype={"user": str}), manifest,
+               load_config(None, files["config.yaml"]))
+
+
+def report_metrics(run: Run) -> list[str]:
+    """``report.metrics`` that the run measured (an error when none of them is in ``per_user.csv``)."""
+    wanted = list(run.config["report.metrics"])
+    found = [m for m in wanted if m in run.per_user.columns]
+    if not found:
+        raise BenchError(f"{run.path}: none of report.metrics ({', '.join(wanted)}) is in per_user.csv; "
+                         "set report.metrics to measured METRIC@K columns")
+    return found
 
 
 def summarise(per_user: pd.DataFrame) -> dict[str, dict[str, dict[str, dict]]]:
@@ -60,74 +109,207 @@ def summarise(per_user: pd.DataFrame) -> dict[str, dict[str, dict[str, dict]]]:
     return out
 
 
+def significance(run: Run) -> pd.DataFrame:
+    """Pairwise tests of every paradigm pair of the run on ``report.metrics`` (test stage)."""
+    cfg = run.config
+    return stats.compare(run.per_user, report_metrics(run), "test", cfg["report.bootstrap"], cfg["report.seed"],
+                         cfg["report.test"])
+
+
 def build(run_dir: Path) -> None:
-    """(Re)write ``metrics.json``, ``results.md`` and ``results.csv`` of ``run_dir`` from its saved files."""
-    run_dir = Path(run_dir)
-    per_user, tokens, manifest = read_run(run_dir)
-    summary = summarise(per_user)
-    paradigms = manifest.get("paradigms", {})
-    write_json(run_dir / "metrics.json", {
-        "dataset": manifest.get("dataset"), "split_hash": manifest.get("split_hash"),
+    """(Re)write every table and plot of ``run_dir`` from its saved files."""
+    from bench import plots
+
+    run = read_run(run_dir)
+    summary = summarise(run.per_user)
+    paradigms = run.manifest.get("paradigms", {})
+    write_json(run.path / "metrics.json", {
+        "dataset": run.manifest.get("dataset"), "split_hash": run.manifest.get("split_hash"),
         "paradigms": {name: {"version": paradigms.get(name, {}).get("version"), "stages": stages}
                       for name, stages in summary.items()}})
-    metrics = metric_columns(per_user)
-    atomic_write_text(run_dir / "results.csv", _results_csv(summary, metrics, paradigms))
-    atomic_write_text(run_dir / "results.md", _results_md(summary, metrics, manifest, tokens))
+    tests = significance(run)
+    atomic_write_text(run.path / "significance.csv", tests.to_csv(index=False, float_format="%.6g"))
+    table = results_table(run, summary, tests)
+    atomic_write_text(run.path / "results.csv", table.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(run.path / "results.md", results_md(run, table))
+    atomic_write_text(run.path / "results.tex", results_tex(run, table))
+    plots.draw_all(run)
+
+
+# -- the results table ---------------------------------------------------------------------------------------
+def _fit_seconds(paradigms: dict, name: str) -> float | None:
+    seconds = [info.get("fit_seconds") for info in paradigms.get(name, {}).get("seeds", {}).values()]
+    seconds = [s for s in seconds if s is not None]
+    return float(np.mean(seconds)) if seconds else None
 
 
 def _trainable(paradigms: dict, name: str) -> int | None:
-    seeds = paradigms.get(name, {}).get("seeds", {})
-    counts = {info.get("trainable_parameters") for info in seeds.values()}
+    counts = {info.get("trainable_parameters") for info in paradigms.get(name, {}).get("seeds", {}).values()}
     return counts.pop() if len(counts) == 1 else None
 
 
-def _results_csv(summary: dict, metrics: list[str], paradigms: dict) -> str:
+def results_table(run: Run, summary: dict, tests: pd.DataFrame) -> pd.DataFrame:
+    """One row per paradigm: letter, mean/std (over seeds) of each report metric and the letters of the
+    paradigms it beats significantly, trainable parameters, mean prompt tokens, mean fit seconds."""
+    metrics = report_metrics(run)
+    letters = dict(zip(run.paradigms, LETTERS))
+    wins = stats.beaten(tests, run.config["report.alpha"])
+    paradigms = run.manifest.get("paradigms", {})
+    prompt = (run.tokens["hard_tokens"] + run.tokens["soft_tokens"]).groupby(run.tokens["paradigm"]).mean()
     rows = []
-    for name, stages in summary.items():
-        row = {"paradigm": name, "version": paradigms.get(name, {}).get("version"),
-               "trainable_parameters": _trainable(paradigms, name)}
+    for name in run.paradigms:
+        row: dict[str, Any] = {"letter": letters[name], "paradigm": name,
+                               "version": paradigms.get(name, {}).get("version")}
         for metric in metrics:
-            cell = stages.get("test", {}).get(metric)
-            row[f"{metric}_mean"] = None if cell is None else round(cell["mean"], 6)
-            row[f"{metric}_std"] = None if cell is None else round(cell["std"], 6)
+            cell = summary[name].get("test", {}).get(metric, {})
+            row[f"{metric}_mean"], row[f"{metric}_std"] = cell.get("mean"), cell.get("std")
+            row[f"{metric}_beats"] = "".join(sorted(letters[b] for b in wins.get(metric, {}).get(name, [])))
+        row["trainable_parameters"] = _trainable(paradigms, name)
+        row["mean_prompt_tokens"] = float(prompt[name]) if name in prompt.index else None
+        row["fit_seconds"] = _fit_seconds(paradigms, name)
         rows.append(row)
-    return pd.DataFrame(rows).to_csv(index=False)
+    return pd.DataFrame(rows)
 
 
-def _results_md(summary: dict, metrics: list[str], manifest: dict, tokens: pd.DataFrame) -> str:
-    seeds = manifest.get("seeds", [])
+def _best(table: pd.DataFrame, metric: str) -> set[str]:
+    means = table[f"{metric}_mean"]
+    return set(table.loc[means == means.max(), "paradigm"]) if means.notna().any() else set()
+
+
+def _caption(run: Run, n_tests: int) -> str:
+    seeds = run.seeds
+    spread = f", then mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 \
+        else f" (seed {seeds[0]})"
+    test = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}[run.config["report.test"]]
+    return (f"Test stage, full ranking over all items; mean over users{spread}. A superscript lists the "
+            f"paradigms (by letter) that a paradigm beats significantly: {test} on per-user values averaged "
+            f"over seeds, Holm-corrected over all {n_tests} comparisons of the run, "
+            f"p < {run.config['report.alpha']:g}. Best value per column in bold.")
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _extras(row: pd.Series) -> list[str]:
+    params = "" if pd.isna(row["trainable_parameters"]) else f"{int(row['trainable_parameters']):,}"
+    tokens = "-" if pd.isna(row["mean_prompt_tokens"]) else f"{row['mean_prompt_tokens']:.1f}"
+    seconds = "" if pd.isna(row["fit_seconds"]) else f"{row['fit_seconds']:.1f}"
+    return [params, tokens, seconds]
+
+
+EXTRA_HEADERS = ["trainable params", "mean prompt tokens", "train time (s)"]
+
+
+def results_md(run: Run, table: pd.DataFrame) -> str:
+    """Markdown results table with superscript letters, the run's identity and the prompt-cost table."""
+    metrics = report_metrics(run)
+    manifest, multi = run.manifest, len(run.seeds) > 1
     lines = [f"# Results: {manifest.get('dataset')}", "",
-             f"Test stage, full ranking over all items; mean over users"
-             f"{f', then mean +- std over {len(seeds)} seeds' if len(seeds) > 1 else ''}"
-             f" (seeds {', '.join(map(str, seeds))}).", "",
+             _caption(run, len(metrics) * len(run.paradigms) * (len(run.paradigms) - 1) // 2), "",
              f"- split `{manifest.get('split_hash')}`, config `{manifest.get('config_hash')}`, "
              f"encoder `{(manifest.get('encoder') or {}).get('key', 'none')}`",
-             f"- command: `{manifest.get('command')}`", ""]
-    header = ["paradigm", *metrics, "trainable params"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    paradigms = manifest.get("paradigms", {})
-    for name, stages in summary.items():
-        cells = [name]
+             f"- command: `{manifest.get('command')}`",
+             "- every pairwise test (p-values, bootstrap 95% CI, wins/ties/losses): `significance.csv`", ""]
+    header = ["", "paradigm", *map(display_name, metrics), *EXTRA_HEADERS]
+    lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    best = {m: _best(table, m) for m in metrics}
+    for _, row in table.iterrows():
+        cells = [row["letter"], row["paradigm"]]
         for metric in metrics:
-            cell = stages.get("test", {}).get(metric)
-            if cell is None:
-                cells.append("")
-            else:
-                cells.append(f"{cell['mean']:.4f}" + (f" +- {cell['std']:.4f}" if len(seeds) > 1 else ""))
-        params = _trainable(paradigms, name)
-        cells.append("" if params is None else f"{params:,}")
-        lines.append("| " + " | ".join(cells) + " |")
+            text = _number(row[f"{metric}_mean"]) + (f" ± {_number(row[f'{metric}_std'])}" if multi else "")
+            text = f"**{text}**" if row["paradigm"] in best[metric] else text
+            beats = row[f"{metric}_beats"]
+            cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
+        lines.append("| " + " | ".join(cells + _extras(row)) + " |")
     lines.append("")
-    if len(tokens):
-        lines += _token_md(tokens)
+    if len(run.tokens):
+        lines += _token_md(run.tokens)
     return "\n".join(lines)
 
 
 def _token_md(tokens: pd.DataFrame) -> list[str]:
-    lines = ["## Prompt cost", "", "| paradigm | mean prompt tokens | p95 prompt tokens | users with history cut |",
-             "|---|---|---|---|"]
+    lines = ["## Prompt cost", "", "First seed, test-stage prompts; soft positions (RA-Rec) count as tokens.", "",
+             "| paradigm | mean prompt tokens | p95 prompt tokens | mean history carried | users with history cut |",
+             "|---|---:|---:|---:|---:|"]
     for name, table in tokens.groupby("paradigm", sort=False):
         length = table["hard_tokens"] + table["soft_tokens"]
+        carried = (table["history_kept"] / table["history_len"].clip(lower=1)).mean()
         cut = (table["history_kept"] < table["history_len"]).mean()
-        lines.append(f"| {name} | {length.mean():.1f} | {np.percentile(length, 95):.0f} | {cut:.1%} |")
+        lines.append(f"| {name} | {length.mean():.1f} | {np.percentile(length, 95):.0f} | {carried:.1%} | "
+                     f"{cut:.1%} |")
     return lines + [""]
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$"}
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX's special characters in plain text."""
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def results_tex(run: Run, table: pd.DataFrame) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``) of the results table."""
+    metrics = report_metrics(run)
+    multi = len(run.seeds) > 1
+    best = {m: _best(table, m) for m in metrics}
+    header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params", "Tokens", "Time (s)"]
+    n_tests = len(metrics) * len(run.paradigms) * (len(run.paradigms) - 1) // 2
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{tex_escape(run.manifest.get('dataset'))}: {tex_escape(_caption(run, n_tests))}}}",
+             rf"\label{{tab:bench-{tex_escape(run.manifest.get('dataset'))}}}",
+             r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
+             " & ".join(header) + r" \\", r"\midrule"]
+    for _, row in table.iterrows():
+        cells = [row["letter"], tex_escape(row["paradigm"])]
+        for metric in metrics:
+            value = _number(row[f"{metric}_mean"])
+            value = rf"\textbf{{{value}}}" if row["paradigm"] in best[metric] else value
+            if multi:
+                value += rf"{{\scriptsize$\pm${_number(row[f'{metric}_std'])}}}"
+            beats = row[f"{metric}_beats"]
+            cells.append(value + (rf"$^{{\mathrm{{{beats}}}}}$" if isinstance(beats, str) and beats else ""))
+        cells += [tex_escape(x) for x in _extras(row)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines).replace("±", r"$\pm$")
+
+
+# -- two runs ------------------------------------------------------------------------------------------------
+def compare_runs(dir_a: Path, dir_b: Path) -> pd.DataFrame:
+    """Paired tests of every paradigm present in both runs, run A's against run B's (labels ``A:NAME`` and
+    ``B:NAME``), on run A's ``report.metrics``; Holm over all rows. The runs must share the split."""
+    run_a, run_b = read_run(dir_a), read_run(dir_b)
+    hash_a, hash_b = run_a.manifest.get("split_hash"), run_b.manifest.get("split_hash")
+    if hash_a != hash_b:
+        raise BenchError(f"{dir_a} and {dir_b} were run on different splits ({hash_a} vs {hash_b}): per-user tests "
+                         "need the same users and targets; rerun one with the other's dataset and data settings")
+    common = [p for p in run_a.paradigms if p in run_b.paradigms]
+    if not common:
+        raise BenchError(f"{dir_a} and {dir_b} have no paradigm in common; `bench compare` tests the same "
+                         "paradigm across two runs")
+    metrics = [m for m in report_metrics(run_a) if m in run_b.per_user.columns]
+    matrices = {}
+    for metric in metrics:
+        left = stats.user_matrix(run_a.per_user, metric)[common].add_prefix("A:")
+        right = stats.user_matrix(run_b.per_user, metric)[common].add_prefix("B:")
+        matrices[metric] = left.join(right, how="inner")
+    cfg = run_a.config
+    return stats.compare_pairs(matrices, [(f"A:{p}", f"B:{p}") for p in common], cfg["report.bootstrap"],
+                               cfg["report.seed"], cfg["report.test"])
+
+
+def compare_md(table: pd.DataFrame, dir_a: Path, dir_b: Path, alpha: float = 0.05) -> str:
+    """Markdown view of :func:`compare_runs`' table."""
+    lines = [f"A = {dir_a}", f"B = {dir_b}", "",
+             "| metric | paradigm | A | B | A - B | 95% CI | rel. % | t p | Wilcoxon p | Holm p | wins/ties/losses |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    for row in table.itertuples(index=False):
+        mark = " *" if row.p_holm < alpha and row.diff != 0 else ""
+        lines.append(f"| {display_name(row.metric)} | {row.a[2:]} | {row.mean_a:.4f} | {row.mean_b:.4f} | "
+                     f"{row.diff:+.4f}{mark} | [{row.ci_low:+.4f}, {row.ci_high:+.4f}] | {row.rel_diff_pct:+.1f} | "
+                     f"{row.t_p:.3g} | {row.wilcoxon_p:.3g} | {row.p_holm:.3g} | {row.wins}/{row.ties}/{row.losses} |")
+    lines += ["", f"* significant after Holm correction over the {len(table)} tests (p < {alpha:g})", ""]
+    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """One run: config -> split -> encoder -> (paradigm.fit -> score -> ranks) per seed -> run directory.
 
-The run directory is assembled in a hidden temporary folder next to its destination and renamed into
-place only when everything succeeded, so an error or Ctrl-C never leaves a partial result behind.
+The run directory is assembled in a hidden working folder next to its destination (``bench.state``) and
+renamed into place only when everything succeeded, so an error or Ctrl-C never leaves a partial result
+behind; the finished (paradigm, seed) jobs kept in that folder let ``--resume`` continue the run.
 """
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import registry, report
+from bench import plan, registry, report
 from bench.cache import atomic_write_text, default_cache_root
 from bench.config import Config, suggest
 from bench.encoders import Encoder, load_or_train
-from bench.errors import BenchError, ParadigmUnavailable
+from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import load_backbone
 from bench.metrics import evaluate_ranks, metrics_from_ranks
-from bench.split import STAGES, Split, build_split
+from bench.split import STAGES, build_split
+from bench.state import RunState
 
 TOKEN_COLUMNS = ["paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept"]
 
@@ -69,49 +71,105 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | None = None,
-        argv: list[str] | None = None) -> Path:
-    """Run the paradigms named by ``spec`` under ``cfg``; return the finished run directory."""
-    classes = registry.resolve(spec)
-    options = {cls.name: registry.options_for(cls, cfg) for cls in classes}
-    _check_paradigm_sections(cfg)
+        argv: list[str] | None = None, sweep: str | None = None) -> Path:
+    """Run the paradigms named by ``spec`` under ``cfg`` (optionally over a ``--sweep``); return the finished
+    run directory. Finished (arm, seed) jobs are kept in a hidden folder, so an interrupted run can be
+    continued with :func:`resume`."""
     out = Path(out) if out else default_run_dir(cfg)
-    if out.exists() and any(out.iterdir()):
-        raise BenchError(f"--out {out} already exists and is not empty; choose another folder or delete it")
+    _check_paradigm_sections(cfg)
+    parsed = plan.parse_sweep(sweep)
+    run_arms = plan.arms(spec, cfg, parsed)
+    state = RunState(out)
+    state.start(cfg, {"spec": spec, "sweep": sweep, "argv": argv})
+    return _guarded(state, lambda: _execute(state, cfg, run_arms, parsed, progress, argv))
+
+
+def resume(out: Path, progress: Callable | None = None, argv: list[str] | None = None) -> Path:
+    """Continue the interrupted run to ``out``: saved jobs are reused, the others are computed."""
+    state = RunState(out)
+    cfg, saved = state.resume()
+    sweep = plan.parse_sweep(saved.get("sweep"))
+    run_arms = plan.arms(saved["spec"], cfg, sweep)
+    return _guarded(state, lambda: _execute(state, cfg, run_arms, sweep, progress, saved.get("argv") or argv,
+                                            resumed_by=argv))
+
+
+def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
+    """Run ``body``; on failure keep the working folder only if it holds finished jobs worth resuming."""
+    try:
+        return body()
+    except BaseException as exc:
+        finished = state.finished_jobs()
+        if not finished:
+            state.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            kept = (f"{finished} finished (paradigm, seed) jobs are kept; continue with: python -m bench run "
+                    f"--resume {state.out}") if finished else "nothing was kept"
+            raise RunInterrupted(f"interrupted: no results were written; {kept}") from None
+        raise
+
+
+class _Shared:
+    """The split, encoder and backbones of a run, loaded once and on demand."""
+
+    def __init__(self, cfg: Config, device: torch.device, progress, timings: "Timings"):
+        self.cfg, self.device, self.progress, self.timings = cfg, device, progress, timings
+        self.cache_root = default_cache_root(cfg["cache_dir"])
+        self.encoder: Encoder | None = None
+        self.llms: dict[str, FrozenLLM] = {}
+        with timings("split"):
+            self.split = build_split(cfg, self.cache_root, progress)
+
+    def prepare(self, run_arms: list) -> None:
+        if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
+            with self.timings("encoder"):
+                self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
+        for arm in run_arms:
+            if arm.cls.needs_llm:
+                self.llm_for(arm.config)
+
+    def llm_for(self, cfg: Config) -> FrozenLLM:
+        key = cfg.section_hash("llm")
+        if key not in self.llms:
+            with self.timings("llm_load"):
+                self.llms[key] = load_llm(cfg, self.device, self.cache_root, self.progress)
+        return self.llms[key]
+
+
+def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None) -> Path:
     device = pick_device(cfg["device"])
-    cache_root = default_cache_root(cfg["cache_dir"])
     timings = Timings()
-    with timings("split"):
-        split = build_split(cfg, cache_root, progress)
-    encoder = None
-    if any(cls.needs_encoder for cls in classes):
-        with timings("encoder"):
-            encoder = load_or_train(split, cfg, cache_root, str(device), progress)
-    llm = None
-    if any(cls.needs_llm for cls in classes):
-        with timings("llm_load"):
-            llm = load_llm(cfg, device, cache_root, progress)
-    records, tokens, paradigm_info, skipped = [], [], {}, {}
-    for seed in cfg["seeds"]:
-        for cls in classes:
-            if cls.name in skipped:
-                continue
+    shared = _Shared(cfg, device, progress, timings)
+    shared.prepare(run_arms)
+    jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
+    frames, tokens, paradigm_info, skipped, reused = [], [], {}, {}, []
+    for index, (arm, seed) in enumerate(jobs):
+        if arm.label in skipped:
+            continue
+        saved = state.load(index, arm.label, seed, arm.cls.version)
+        if saved is None:
             try:
-                user_rows, token_rows, info = _run_one(cls, options[cls.name], split, encoder, llm, cfg, seed,
-                                                       device, cache_root, progress, timings)
+                saved = _run_job(arm, seed, shared, timings)
             except ParadigmUnavailable as exc:
-                print(f"skipped {cls.name}: {exc}", file=sys.stderr)
-                skipped[cls.name] = str(exc)
+                print(f"skipped {arm.label}: {exc}", file=sys.stderr)
+                skipped[arm.label] = str(exc)
                 continue
-            records.append(user_rows)
-            tokens.extend(token_rows)
-            paradigm_info.setdefault(cls.name, {"version": cls.version, "options": options[cls.name],
-                                                "description": cls.description, "seeds": {}})
-            paradigm_info[cls.name]["seeds"][str(seed)] = info
-    if not records:
+            state.save(index, *saved)
+        else:
+            reused.append(f"{arm.label}/seed{seed}")
+        frame, record = saved
+        frames.append(frame)
+        tokens.extend(tuple(row) for row in record["tokens"])
+        info = paradigm_info.setdefault(arm.label, {
+            "paradigm": arm.cls.name, "version": arm.cls.version, "options": arm.options,
+            "description": arm.cls.description, "sweep_value": arm.sweep_value, "seeds": {}})
+        info["seeds"][str(seed)] = record["info"]
+    if not frames:
         raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    manifest = _manifest(cfg, split, encoder, llm, device, timings, paradigm_info, argv)
-    manifest["skipped"] = skipped
-    return _write_run(out, cfg, pd.concat(records, ignore_index=True), tokens, manifest)
+    manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv)
+    manifest.update(skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
+                    resumed_by=" ".join(resumed_by) if resumed_by else None)
+    return _write_run(state, cfg, pd.concat(frames, ignore_index=True), tokens, manifest)
 
 
 def load_llm(cfg: Config, device: torch.device, cache_root: Path, progress=None) -> FrozenLLM:
@@ -131,35 +189,39 @@ def _check_paradigm_sections(cfg: Config) -> None:
                              "no such paradigm")
 
 
-def _run_one(cls: type, options: dict, split: Split, encoder: Encoder | None, llm: FrozenLLM | None, cfg: Config,
-             seed: int, device: torch.device, cache_root: Path, progress, timings: Timings):
+def _run_job(arm, seed: int, shared: _Shared, timings: Timings) -> tuple[pd.DataFrame, dict]:
+    """Fit one arm with one seed and evaluate it on every stage: (per-user rows, job record)."""
+    cfg, split = arm.config, shared.split
     generator = seed_everything(seed)
-    context = registry.Context(config=cfg, options=options, seed=seed, device=device, cache_dir=cache_root,
-                               encoder=encoder, llm=llm, progress=progress, generator=generator)
-    paradigm = cls()
-    tag = f"{cls.name}/seed{seed}"
+    context = registry.Context(config=cfg, options=arm.options, seed=seed, device=shared.device,
+                               cache_dir=shared.cache_root, encoder=shared.encoder,
+                               llm=shared.llm_for(cfg) if arm.cls.needs_llm else None, progress=shared.progress,
+                               generator=generator)
+    paradigm = arm.cls()
+    tag = f"{arm.label}/seed{seed}"
     with timings(f"{tag}/fit"):
         paradigm.fit(split, context)
-    frames, token_rows = [], []
-    users = split.users
+    frames, users = [], split.users
     for stage in STAGES:
         histories = [split.history(int(u), stage) for u in users]
         with timings(f"{tag}/score_{stage}"):
             ranks = evaluate_ranks(lambda chunk, st=stage: paradigm.score(chunk, st), users,
                                    split.target(stage)[users], histories if cfg["eval.mask_history"] else None,
-                                   split.n_items, cfg["eval.chunk_mb"], progress, f"{tag} {stage}")
-        frame = pd.DataFrame({"paradigm": cls.name, "seed": seed, "stage": stage,
+                                   split.n_items, cfg["eval.chunk_mb"], shared.progress, f"{tag} {stage}")
+        frame = pd.DataFrame({"paradigm": arm.label, "seed": seed, "stage": stage,
                               "user": split.user_ids[users], "rank": ranks})
         for name, values in metrics_from_ranks(ranks, cfg["eval.metrics"], cfg["eval.ks"]).items():
             frame[name] = values
         frames.append(frame)
+    token_rows = []
     if seed == cfg["seeds"][0]:
-        usage = paradigm.token_usage(users, "test")
-        token_rows = [(cls.name, split.user_ids[t.user], t.hard_tokens, t.soft_tokens, t.history_len,
-                       t.history_kept) for t in usage or []]
-    info = {"trainable_parameters": int(paradigm.trainable_parameters()),
-            "fit_seconds": timings[f"{tag}/fit"], "training": getattr(paradigm, "info", None)}
-    return pd.concat(frames, ignore_index=True), token_rows, info
+        token_rows = [(arm.label, str(split.user_ids[t.user]), t.hard_tokens, t.soft_tokens, t.history_len,
+                       t.history_kept) for t in paradigm.token_usage(users, "test") or []]
+    info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
+            "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
+            "training": getattr(paradigm, "info", None)}
+    record = {"label": arm.label, "seed": seed, "version": arm.cls.version, "tokens": token_rows, "info": info}
+    return pd.concat(frames, ignore_index=True), record
 
 
 def _git_commit() -> str | None:
@@ -186,8 +248,10 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _manifest(cfg: Config, split: Split, encoder: Encoder | None, llm: FrozenLLM | None, device: torch.device,
-              timings: Timings, paradigm_info: dict, argv: list[str] | None) -> dict[str, Any]:
+def _manifest(cfg: Config, shared: _Shared, device: torch.device, timings: Timings, paradigm_info: dict,
+              argv: list[str] | None) -> dict[str, Any]:
+    split, encoder = shared.split, shared.encoder
+    llm = next(iter(shared.llms.values()), None)
     hardware = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
@@ -214,20 +278,17 @@ def _manifest(cfg: Config, split: Split, encoder: Encoder | None, llm: FrozenLLM
     }
 
 
-def _write_run(out: Path, cfg: Config, per_user: pd.DataFrame, tokens: list, manifest: dict) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        atomic_write_text(tmp / "config.yaml", cfg.to_yaml())
-        report.write_json(tmp / "manifest.json", manifest)
-        atomic_write_text(tmp / "per_user.csv", per_user.to_csv(index=False, float_format="%.10g"))
-        atomic_write_text(tmp / "tokens.csv", pd.DataFrame(tokens, columns=TOKEN_COLUMNS).to_csv(index=False))
-        report.build(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _write_run(state: RunState, cfg: Config, per_user: pd.DataFrame, tokens: list, manifest: dict) -> Path:
+    """Write the final files into the working folder, build the tables, and rename it to the run directory."""
+    tmp, out = state.dir, state.out
+    atomic_write_text(tmp / "config.yaml", cfg.to_yaml())
+    report.write_json(tmp / "manifest.json", manifest)
+    atomic_write_text(tmp / "per_user.csv", per_user.to_csv(index=False, float_format="%.10g"))
+    atomic_write_text(tmp / "tokens.csv", pd.DataFrame(tokens, columns=TOKEN_COLUMNS).to_csv(index=False))
+    report.build(tmp)
+    shutil.rmtree(tmp / "jobs")
+    (tmp / "plan.json").unlink()
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
     return out

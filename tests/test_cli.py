@@ -1,10 +1,16 @@
-"""End-to-end through the command line: a smoke run, report rebuild, and one-line errors for bad input."""
+"""End-to-end through the command line: a smoke run, report rebuild, interrupt and resume, and one-line errors
+for bad input."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 SLICE_ENV_KEYS = ("--preset", "smoke")
 
@@ -43,28 +49,89 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     assert manifest["split_hash"] == metrics["split_hash"] and manifest["encoder"]["model"] == "SASRec"
     assert {"split", "encoder", "pop/seed0/fit", "sasrec/seed1/score_test"} <= set(manifest["timings_seconds"])
     table = (out / "results.md").read_text()
-    assert "| pop |" in table and "| sasrec |" in table and "hit@100 | ndcg@10" in table
+    assert "| pop |" in table and "| sasrec |" in table and "| HR@100 | NDCG@10 |" in table
     assert "| pop |" in result.stdout
 
 
-def test_report_rebuilds_tables_byte_for_byte(smoke_run):
+TABLES = ("results.md", "results.csv", "results.tex", "significance.csv", "metrics.json")
+PLOTS = ("metrics.png", "tokens.png")
+
+
+def test_report_rebuilds_tables_byte_for_byte_and_plots(smoke_run):
     out, _ = smoke_run
-    before = {n: (out / n).read_bytes() for n in ("results.md", "results.csv", "metrics.json")}
-    for name in before:
+    before = {n: (out / n).read_bytes() for n in TABLES}
+    for name in (*TABLES, *PLOTS):
         (out / name).unlink()
     result = run_cli("report", str(out))
     assert result.returncode == 0, result.stderr
     assert {n: (out / n).read_bytes() for n in before} == before
+    for name in PLOTS:
+        width, height = png_size(out / name)
+        assert width >= 800 and height >= 300 and (out / name).stat().st_size > 20_000, name
 
 
-def test_same_config_and_seeds_give_identical_per_user_results(smoke_run, tmp_path, fixtures_dir, cache_root):
+def png_size(path):
+    """(width, height) in pixels from a PNG's IHDR chunk."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupted_run(smoke_run, tmp_path,
+                                                                                      fixtures_dir, cache_root):
     out, _ = smoke_run
     again = tmp_path / "again"
-    result = run_cli("run", "--paradigms", "all", "--dataset", "ml-slice", "--data-dir", str(fixtures_dir),
-                     *SLICE_ENV_KEYS, "--seeds", "0,1", "--out", str(again), "--quiet",
-                     env={"BENCH_CACHE": str(cache_root)})
+    args = ["run", "--paradigms", "all", "--dataset", "ml-slice", "--data-dir", str(fixtures_dir), *SLICE_ENV_KEYS,
+            "--seeds", "0,1", "--out", str(again), "--quiet"]
+    env = {**os.environ, "BENCH_CACHE": str(cache_root)}
+    process = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    jobs = tmp_path / ".again.partial" / "jobs"
+    deadline = time.time() + 300
+    while len(list(jobs.glob("*.json"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr.splitlines()[-1] and "Traceback" not in stderr
+    assert not again.exists()  # nothing partial where results belong
+    finished = sorted(p.name for p in jobs.glob("*.json"))
+    assert len(finished) >= 3 and not list(jobs.glob(".*.tmp"))
+    result = run_cli("run", "--resume", str(again), "--quiet")
     assert result.returncode == 0, result.stderr
+    manifest = json.loads((again / "manifest.json").read_text())
+    resumed, timed = manifest["resumed_jobs"], manifest["timings_seconds"]
+    assert len(resumed) == len(finished)
+    assert all(f"{job}/fit" not in timed for job in resumed)  # finished jobs were not recomputed
+    assert sum(key.endswith("/fit") for key in timed) == 10 - len(resumed)  # the others were
     assert (again / "per_user.csv").read_bytes() == (out / "per_user.csv").read_bytes()
+    assert not (tmp_path / ".again.partial").exists()
+    result = run_cli("run", "--resume", str(again))
+    assert result.returncode == 2 and "already finished" in result.stderr
+
+
+def test_resume_refuses_extra_options_and_missing_runs(tmp_path):
+    result = run_cli("run", "--resume", str(tmp_path / "x"), "--seeds", "0")
+    assert result.returncode == 2 and "drop --seeds" in result.stderr
+    result = run_cli("run", "--resume", str(tmp_path / "x"))
+    assert result.returncode == 2 and "no interrupted run there" in result.stderr
+
+
+def test_compare_tests_the_same_paradigm_across_runs_and_refuses_other_splits(smoke_run, tmp_path):
+    out, _ = smoke_run
+    result = run_cli("compare", str(out), str(out), "--out", str(tmp_path / "c.csv"))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "c.csv")
+    assert set(table["a"]) == {f"A:{p}" for p in ("pop", "sasrec", "id-direct", "id-translation", "ra-rec")}
+    assert (table["p_holm"] == 1).all() and (table["diff"] == 0).all()  # a run against itself: never significant
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("per_user.csv", "tokens.csv", "config.yaml"):
+        (other / name).write_bytes((out / name).read_bytes())
+    manifest = json.loads((out / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "split_hash": "0" * 16}))
+    result = run_cli("compare", str(out), str(other))
+    assert result.returncode == 2 and "different splits" in result.stderr
 
 
 def _bad_inter(tmp_path, body, header="user_id:token\titem_id:token\ttimestamp:float"):
@@ -118,7 +185,7 @@ def test_list_shows_paradigms_datasets_presets():
 def test_help_documents_every_run_flag():
     result = run_cli("run", "--help")
     for flag in ("--paradigms", "--dataset", "--data-dir", "--preset", "--config", "--set", "--seeds", "--out",
-                 "--device", "--llm"):
+                 "--device", "--llm", "--sweep", "--resume"):
         assert flag in result.stdout
 
 

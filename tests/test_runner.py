@@ -50,11 +50,15 @@ def test_every_paradigm_and_seed_sees_the_same_split_and_encoder(spies, slice_ov
     assert (out / "per_user.csv").is_file()
 
 
-def test_a_failing_paradigm_leaves_no_run_directory(spies, slice_overrides, tmp_path):
+def test_a_failing_paradigm_leaves_no_run_directory_only_resumable_jobs(spies, slice_overrides, tmp_path):
     cfg = load_config("smoke", overrides=slice_overrides)
     with pytest.raises(RuntimeError, match="boom"):
+        runner.run("exploding,pop", cfg, tmp_path / "first")
+    assert list(tmp_path.iterdir()) == []  # nothing finished: nothing kept
+    with pytest.raises(RuntimeError, match="boom"):
         runner.run("pop,exploding", cfg, tmp_path / "run")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".run.partial"]  # hidden, holds pop's finished job
+    assert sorted(p.name for p in (tmp_path / ".run.partial" / "jobs").iterdir()) == ["0000.csv", "0000.json"]
 
 
 def test_existing_output_folder_is_not_overwritten(spies, slice_overrides, tmp_path):

@@ -1,0 +1,116 @@
+"""The hidden working folder of an unfinished run, which makes runs resumable.
+
+A run to ``OUT`` works in ``OUT/../.OUT.partial``: the resolved config, the plan (paradigm spec, sweep, jobs)
+and one pair of files per finished (arm, seed) job, each written atomically, the ``.json`` last (a job counts
+as finished only when its ``.json`` exists and its ``.csv`` matches the checksum recorded there). When every
+job has finished, the runner writes the tables into the folder and renames it to ``OUT``. An interrupted or
+failed run leaves only this hidden folder (never ``OUT``); ``bench run --resume OUT`` continues it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from bench.cache import atomic_write_text
+from bench.config import Config, load_config
+from bench.errors import BenchError
+
+STATE_VERSION = 1
+
+
+def partial_dir(out: Path) -> Path:
+    """Where the unfinished run to ``out`` lives."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+class RunState:
+    """Jobs saved so far for the run to ``out``."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.dir = partial_dir(self.out)
+
+    # -- starting and resuming -------------------------------------------------------------------------------
+    def start(self, cfg: Config, plan: dict) -> None:
+        """A fresh working folder holding ``config.yaml`` and ``plan.json`` (any older one is discarded)."""
+        if self.out.exists() and any(self.out.iterdir()):
+            raise BenchError(f"--out {self.out} already exists and is not empty; choose another folder or delete it")
+        if (self.dir / "plan.json").is_file():
+            raise BenchError(f"an interrupted run to {self.out} exists: continue it with --resume {self.out}, or "
+                             f"delete {self.dir} to start over")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "jobs").mkdir(parents=True)
+        atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(self.dir / "plan.json", json.dumps({**plan, "state_version": STATE_VERSION,
+                                                              "config_hash": cfg.hash}, indent=2))
+
+    def resume(self) -> tuple[Config, dict]:
+        """The config and plan of the interrupted run; an error when there is nothing (valid) to resume."""
+        if (self.out / "per_user.csv").is_file():
+            raise BenchError(f"--resume {self.out}: this run already finished; `bench report {self.out}` rebuilds "
+                             "its tables")
+        plan_file = self.dir / "plan.json"
+        if not plan_file.is_file():
+            raise BenchError(f"--resume {self.out}: no interrupted run there (expected {self.dir}); "
+                             "start it without --resume")
+        try:
+            plan = json.loads(plan_file.read_text())
+        except json.JSONDecodeError:
+            raise BenchError(f"{plan_file}: corrupt; start the run again without --resume") from None
+        cfg = load_config(None, self.dir / "config.yaml")
+        if plan.get("state_version") != STATE_VERSION or plan.get("config_hash") != cfg.hash:
+            raise BenchError(f"--resume {self.out}: the run was started by another version of bench (its config "
+                             "no longer resolves to the same hash); start it again without --resume")
+        for leftover in self.dir.rglob(".*.tmp"):
+            leftover.unlink()
+        return cfg, plan
+
+    def finished_jobs(self) -> int:
+        """How many jobs are saved."""
+        return len(list((self.dir / "jobs").glob("*.json"))) if (self.dir / "jobs").is_dir() else 0
+
+    def discard(self) -> None:
+        """Remove the working folder (used when a run fails before any job finished)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- jobs --------------------------------------------------------------------------------------------------
+    def _files(self, index: int) -> tuple[Path, Path]:
+        return self.dir / "jobs" / f"{index:04d}.csv", self.dir / "jobs" / f"{index:04d}.json"
+
+    def save(self, index: int, per_user: pd.DataFrame, record: dict) -> None:
+        """Store job ``index``: its per-user rows and a JSON ``record`` (label, seed, version, tokens, info)."""
+        table, meta = self._files(index)
+        text = per_user.to_csv(index=False, float_format="%.10g")
+        atomic_write_text(table, text)
+        atomic_write_text(meta, json.dumps({**record, "sha256": hashlib.sha256(text.encode()).hexdigest()},
+                                           default=str))
+
+    def load(self, index: int, label: str, seed: int, version: str) -> tuple[pd.DataFrame, dict] | None:
+        """Job ``index`` if it finished under the same label, seed and paradigm version; else None (with a
+        warning when a saved job had to be discarded)."""
+        table, meta = self._files(index)
+        if not meta.is_file():
+            return None
+        try:
+            record = json.loads(meta.read_text())
+            text = table.read_text()
+        except (OSError, json.JSONDecodeError):
+            record, text = {}, ""
+        problem = None
+        if record.get("label") != label or record.get("seed") != seed:
+            problem = "it belongs to another job"
+        elif record.get("version") != version:
+            problem = f"paradigm version changed ({record.get('version')} -> {version})"
+        elif hashlib.sha256(text.encode()).hexdigest() != record.get("sha256"):
+            problem = "its per-user file is corrupt"
+        if problem:
+            warnings.warn(f"recomputing {label} seed {seed}: the saved result is stale ({problem})")
+            return None
+        return pd.read_csv(io.StringIO(text), dtype={"user": str}), record

@@ -1,0 +1,46 @@
+"""The resumable working folder: saved jobs are reused only when they are intact and current."""
+import pandas as pd
+import pytest
+
+from bench.config import load_config
+from bench.errors import BenchError
+from bench.state import RunState
+
+
+@pytest.fixture
+def state(tmp_path):
+    state = RunState(tmp_path / "run")
+    state.start(load_config("smoke"), {"spec": "pop", "sweep": None, "argv": None})
+    frame = pd.DataFrame({"paradigm": ["pop"], "seed": [0], "stage": ["test"], "user": ["7"], "rank": [3]})
+    state.save(0, frame, {"label": "pop", "seed": 0, "version": "1", "tokens": [], "info": {}})
+    return state
+
+
+def test_saved_job_is_reused(state):
+    frame, record = state.load(0, "pop", 0, "1")
+    assert frame["user"].tolist() == ["7"] and record["label"] == "pop"
+    cfg, plan = state.resume()
+    assert plan["spec"] == "pop" and cfg.hash == load_config("smoke").hash
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("corrupt", "corrupt"), ("version", "version changed"), ("other", "another job")])
+def test_stale_or_corrupt_jobs_are_recomputed_with_a_warning(state, damage, message):
+    if damage == "corrupt":
+        path = state.dir / "jobs" / "0000.csv"
+        path.write_text(path.read_text().replace("7", "8"))
+    with pytest.warns(UserWarning, match=message):
+        version, label = ("2", "pop") if damage == "version" else ("1", "pop" if damage == "corrupt" else "sasrec")
+        assert state.load(0, label, 0, version) is None
+
+
+def test_a_second_start_to_the_same_place_points_at_resume(state):
+    with pytest.raises(BenchError, match="--resume"):
+        state.start(load_config("smoke"), {"spec": "pop"})
+
+
+def test_resume_refuses_a_config_from_another_bench_version(state):
+    path = state.dir / "config.yaml"
+    path.write_text(path.read_text().replace("max_users: 100", "max_users: 101"))
+    with pytest.raises(BenchError, match="another version of bench"):
+        state.resume()
