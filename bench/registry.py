@@ -155,6 +155,8 @@ def _load_plugins() -> None:
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         package = ep.dist.name if ep.dist else ep.value
         try:
+            if ep.name in BUILTIN:
+                raise ValueError(f"the name '{ep.name}' belongs to a built-in paradigm; register under another name")
             obj = ep.load()
             if isinstance(obj, type) and ep.name not in _REGISTRY:
                 register(ep.name)(obj)
