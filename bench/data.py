@@ -174,27 +174,28 @@ def read_interactions(path: Path) -> pd.DataFrame:
                 f"{path}:1: missing required column '{required}' (header has {', '.join(names)}); "
                 f"add a '{required}:token' column")
     wanted = ["user_id", "item_id"] + (["timestamp"] if "timestamp" in names else [])
+    blank = _scan_lines(path, len(names))
     try:
         df = pd.read_csv(path, sep="\t", header=None, skiprows=1, names=names, usecols=wanted, dtype=str,
-                         keep_default_na=False, quoting=3, engine="c", na_filter=False)
-    except pd.errors.ParserError as exc:
-        match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
-        if match:
-            want, line, saw = match.groups()
-            raise BenchError(f"{path}:{int(line) + 1}: malformed line: {saw} fields, the header has {want}; "
-                             "fix or delete that line") from None
+                         keep_default_na=False, quoting=3, engine="c", na_filter=False, lineterminator="\n",
+                         skip_blank_lines=False)
+    except (ValueError, UnicodeDecodeError) as exc:  # the scan above should have caught anything malformed
         raise BenchError(f"{path}: cannot parse ({exc}); check that fields are tab-separated") from None
-    _check_row_lengths(path, df, len(names))
+    df = df.drop(index=blank)
+    last = names[-1]
+    if last in wanted:
+        df[last] = df[last].str.removesuffix("\r")  # CRLF line ends
     for column in ("user_id", "item_id"):
-        empty = np.flatnonzero(df[column].isna().to_numpy() | (df[column].to_numpy() == ""))
+        empty = np.flatnonzero(df[column].to_numpy() == "")
         if empty.size:
-            raise BenchError(f"{path}:{empty[0] + 2}: malformed line: empty {column}; fix or delete that line")
+            raise BenchError(f"{path}:{df.index[empty[0]] + 2}: malformed line: empty {column}; fix or delete "
+                             "that line")
     if "timestamp" in wanted:
         time_values = pd.to_numeric(df["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(np.isnan(time_values))
+        bad = np.flatnonzero(~np.isfinite(time_values))
         if bad.size:
-            raise BenchError(f"{path}:{bad[0] + 2}: malformed line: timestamp {df['timestamp'].iat[bad[0]]!r} is "
-                             "not a number; fix or delete that line")
+            raise BenchError(f"{path}:{df.index[bad[0]] + 2}: malformed line: timestamp "
+                             f"{df['timestamp'].iat[bad[0]]!r} is not a finite number; fix or delete that line")
     else:
         time_values = np.arange(len(df), dtype=np.float64)
     if len(df) == 0:
@@ -202,17 +203,29 @@ def read_interactions(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"user": df["user_id"].to_numpy(), "item": df["item_id"].to_numpy(), "time": time_values})
 
 
-def _check_row_lengths(path: Path, df: pd.DataFrame, n_fields: int) -> None:
-    """pandas fills short lines silently: find them by counting tabs in the raw file."""
-    if n_fields < 2:
-        return
+def _scan_lines(path: Path, n_fields: int) -> list[int]:
+    """Check every data line of an atomic file (UTF-8, as many tab-separated fields as the header; pandas
+    would pad short lines silently) and return the 0-based data-row numbers of blank lines."""
+    blank = []
     with open(path, "rb") as handle:
         handle.readline()
         for number, line in enumerate(handle, start=2):
+            line = line.rstrip(b"\n").removesuffix(b"\r")
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BenchError(f"{path}:{number}: not UTF-8 text (byte {exc.start + 1} of the line); save the "
+                                 "file as UTF-8") from None
+            if not line.strip():
+                blank.append(number - 2)
+                continue
+            if b"\x00" in line:
+                raise BenchError(f"{path}:{number}: malformed line: contains a NUL byte; fix or delete that line")
             tabs = line.count(b"\t")
-            if line.strip() and tabs != n_fields - 1:
+            if tabs != n_fields - 1:
                 raise BenchError(f"{path}:{number}: malformed line: {tabs + 1} fields, the header has "
                                  f"{n_fields}; fix or delete that line")
+    return blank
 
 
 def clean_title(raw: str | None) -> str | None:
