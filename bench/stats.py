@@ -72,7 +72,7 @@ def bootstrap_ci(diffs: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: 
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
         draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n)
+        counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
         means.append(counts @ diffs / n)
     means = np.concatenate(means)
     tail = (1 - level) / 2 * 100
