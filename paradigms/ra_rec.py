@@ -6,7 +6,9 @@
 * Hybrid prompt: ``[instruction][one soft vector per history item][hard prompt tokens]``; the soft part
   overwrites the prefix positions of every block's input (forward pre-hooks, see ``bench.soft_prompts``).
 * Item side: ``[instruction][the item's soft vector][title tokens]`` through the same frozen LLM.
-* Two-tower scoring ``s(u, i) = <g(u), h(i)>`` with g, h the backbone's pooled outputs.
+* Two-tower scoring ``s(u, i) = <g(u), h(i)>`` with g, h the backbone's pooled outputs (or, with
+  ``similarity: cosine``, their cosine divided by ``score_temperature``, for backbones whose hidden states
+  have large norms).
 * Loss: the shared BPR loop + ``infonce_weight`` x InfoNCE between an item's hybrid representation and its
   text-only representation (the frozen backbone's pooled title features).
 * Training data: optional denoising and diversity sampling, and ``train_fraction`` of the samples.
@@ -84,6 +86,9 @@ class _Aligner(torch.nn.Module):
         self.projectors = LayerProjectors(n_inject, id_embeddings.shape[1], backbone.width, options["rank"])
         m = options["instruction_len"]
         self.instruction = torch.nn.Parameter(torch.randn(n_inject, m, backbone.width)) if m else None
+        if options["similarity"] not in ("dot", "cosine"):
+            raise BenchError(f"paradigms.ra-rec.similarity must be 'dot' or 'cosine', got {options['similarity']!r}")
+        self.cosine_scale = options["score_temperature"] ** -0.5 if options["similarity"] == "cosine" else None
         self.register_buffer("id_embeddings", id_embeddings.float(), persistent=False)
         self.to(backbone.device)
 
@@ -138,7 +143,10 @@ class _Aligner(torch.nn.Module):
         prefixes += [None] * (self.backbone.n_layers - len(prefixes))
         with injected(self.backbone.blocks, prefixes):
             hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return self.backbone.pool(hidden, mask).float()
+        pooled = self.backbone.pool(hidden, mask).float()
+        if self.cosine_scale is None:
+            return pooled
+        return F.normalize(pooled, dim=-1) * self.cosine_scale  # dot products become cosine / temperature
 
 
 @register("ra-rec")
@@ -155,6 +163,8 @@ class RARec(Paradigm):
         "rank": None,               # shared low-rank factor of the projectors (None = full rank)
         "infonce_weight": 0.1,      # lambda of the InfoNCE alignment loss (0 = off)
         "temperature": 0.1,         # InfoNCE temperature
+        "similarity": "dot",        # two-tower score: dot (raw pooled outputs) or cosine / score_temperature
+        "score_temperature": 0.1,   # (scale-robust for backbones with large hidden norms, e.g. SmolLM2)
         "max_history": 20,          # soft positions at most (most recent items), also capped by the token budget
         "hard_prompt": "Recommend the next item for this user.",
         "denoise": False,           # drop samples whose target title shares no word with the history titles

@@ -131,3 +131,23 @@ def test_training_sample_selection(setup):
     history = split.train_history(1)
     keep = denoise(split, users, np.array([3, 3]), np.array([history[3], history[3]]))
     assert keep.dtype == bool and len(keep) == 2
+
+
+def test_cosine_similarity_is_blind_to_the_backbone_output_scale(setup):
+    paradigm = _fit(setup, similarity="cosine", score_temperature=0.25)
+    samples, items = torch.arange(4), torch.arange(1, 6)
+    with torch.no_grad():
+        user, item = paradigm.sample_vectors(samples), paradigm.item_vectors(items)
+        assert torch.allclose(user.norm(dim=-1), torch.full((4,), 2.0))  # |v| = 1 / sqrt(temperature)
+        scores = user @ item.T
+        assert scores.abs().max() <= 4.0 + 1e-5  # cosine / 0.25
+        aligner = paradigm._aligner
+        scale = aligner.backbone.pool
+        aligner.backbone.pool = lambda hidden, mask: 1000.0 * scale(hidden, mask)  # huge hidden norms
+        try:
+            assert torch.allclose(paradigm.sample_vectors(samples) @ paradigm.item_vectors(items).T, scores,
+                                  atol=1e-5)
+        finally:
+            aligner.backbone.pool = scale
+    with pytest.raises(Exception, match="similarity must be 'dot' or 'cosine'"):
+        _fit(setup, similarity="l2")
