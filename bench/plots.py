@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from bench import stats
 from bench.cache import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -62,25 +63,26 @@ def _seed_averaged(run: "Run", metrics: list[str]) -> pd.DataFrame:
 
 
 def metrics_plot(run: "Run", metrics: list[str], plt, sns):
-    """Horizontal bars of each main metric per paradigm, 95% bootstrap CI over users (seed-averaged)."""
+    """Horizontal bars of each main metric per paradigm with 95% bootstrap CIs over users (seed-averaged),
+    the same resampling as ``significance.csv``; each bar is labelled with its mean right of its interval."""
     from bench.report import display_name
 
     data = _seed_averaged(run, metrics)
     order = run.paradigms
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 0.55 * len(order) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 0.55 * len(order) + 1.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        sns.barplot(data=data, y="paradigm", x=metric, order=order, hue="paradigm", hue_order=order, legend=False,
-                    palette="colorblind", errorbar=("ci", 95), n_boot=1000, seed=run.config["report.seed"], ax=ax,
-                    capsize=0.25, err_kws={"linewidth": 1.2})
-        means = data.groupby("paradigm")[metric].mean()
-        for y, name in enumerate(order):
-            ax.text(means.max() * 0.02, y, f"{means[name]:.4f}", va="center", ha="left", fontsize=9,
-                    color="white", fontweight="bold")
+        table = data.pivot(index="user", columns="paradigm", values=metric)[order]
+        means = table.mean().to_numpy()
+        low, high = stats.bootstrap_ci(table.to_numpy(), 1000, run.config["report.seed"])
+        sns.barplot(x=means, y=order, hue=order, palette="colorblind", legend=False, ax=ax, orient="h")
+        ax.errorbar(means, range(len(order)), xerr=[means - low, high - means], fmt="none", ecolor="black",
+                    elinewidth=1.2, capsize=4)
+        for y, (mean, top) in enumerate(zip(means, high)):
+            ax.text(top, y, f"  {mean:.4f}", va="center", ha="left", fontsize=9)
+        ax.set_xlim(0, high.max() * 1.3)
         ax.set_xlabel(f"{display_name(metric)} (test, mean over users)")
         ax.set_ylabel("")
-        ax.set_xlim(0, ax.get_xlim()[1] * 1.05)
-    axes[0][0].set_ylabel("paradigm")
-    fig.suptitle(f"{run.manifest.get('dataset')}: accuracy per paradigm (error bars: 95% CI over users)",
+    fig.suptitle(f"{run.manifest.get('dataset')}: accuracy per paradigm (error bars: 95% bootstrap CI over users)",
                  fontsize=12)
     fig.tight_layout()
     return fig

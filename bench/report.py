@@ -251,7 +251,8 @@ def tex_escape(text: str) -> str:
 
 
 def results_tex(run: Run, table: pd.DataFrame) -> str:
-    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``) of the results table."""
+    """A ``table`` environment of the results table (needs ``\\usepackage{booktabs,graphicx}``), scaled to the
+    line width."""
     metrics = report_metrics(run)
     multi = len(run.seeds) > 1
     best = {m: _best(table, m) for m in metrics}
@@ -260,7 +261,7 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{tex_escape(run.manifest.get('dataset'))}: {tex_escape(_caption(run, n_tests))}}}",
              rf"\label{{tab:bench-{tex_escape(run.manifest.get('dataset'))}}}",
-             r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
+             r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
              " & ".join(header) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
         cells = [row["letter"], tex_escape(row["paradigm"])]
@@ -273,7 +274,7 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
             cells.append(value + (rf"$^{{\mathrm{{{beats}}}}}$" if isinstance(beats, str) and beats else ""))
         cells += [tex_escape(x) for x in _extras(row)]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     return "\n".join(lines).replace("±", r"$\pm$")
 
 

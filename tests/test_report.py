@@ -68,7 +68,7 @@ def test_latex_table_is_well_formed_and_compiles(built, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex is not installed; the structure was checked above")
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n" + tex +
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n" + tex +
                    "\\end{document}\n")
     result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
