@@ -24,3 +24,10 @@ def test_readme_paradigm_example_runs_through_the_harness(monkeypatch, slice_ove
     table = pd.read_csv(out / "per_user.csv")
     mine, pop = (table[table["paradigm"] == p]["rank"].to_numpy() for p in ("my-paradigm", "pop"))
     assert (mine == pop).all()  # scaled popularity ranks exactly like popularity
+
+
+def test_readme_reference_table_matches_the_committed_results():
+    section = README.read_text().split("## Reference results", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    committed = (README.parent / "results" / "ml-100k-default" / "results.md").read_text().splitlines()
+    assert len(rows) == 10 and all(row in committed for row in rows)
