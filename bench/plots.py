@@ -79,7 +79,7 @@ def metrics_plot(run: "Run", metrics: list[str], plt, sns):
                     elinewidth=1.2, capsize=4)
         for y, (mean, top) in enumerate(zip(means, high)):
             ax.text(top, y, f"  {mean:.4f}", va="center", ha="left", fontsize=9)
-        ax.set_xlim(0, high.max() * 1.3)
+        ax.set_xlim(0, max(high.max() * 1.3, 1e-3))
         ax.set_xlabel(f"{display_name(metric)} (test, mean over users)")
         ax.set_ylabel("")
     fig.suptitle(f"{run.manifest.get('dataset')}: accuracy per paradigm (error bars: 95% bootstrap CI over users)",
