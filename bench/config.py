@@ -230,7 +230,8 @@ def load_config(
     if preset:
         path = PRESET_DIR / f"{preset}.yaml"
         if not path.is_file():
-            raise BenchError(f"unknown preset '{preset}'{suggest(preset, presets())}; available: {', '.join(presets())}")
+            raise BenchError(f"unknown preset '{preset}'{suggest(preset, presets())}; "
+                             f"available: {', '.join(presets())}")
         _merge(tree, _read_yaml(path), schema, f"preset {preset} ({path})")
     if config_file:
         _merge(tree, _read_yaml(Path(config_file)), schema, str(config_file))
