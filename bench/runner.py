@@ -137,17 +137,20 @@ class _Shared:
 
 
 def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None) -> Path:
+    """Compute (or reuse) every (arm, seed) job, then write the run directory."""
     device = pick_device(cfg["device"])
     timings = Timings()
     shared = _Shared(cfg, device, progress, timings)
     shared.prepare(run_arms)
-    jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
     frames, tokens, paradigm_info, skipped, reused = [], [], {}, {}, []
+    jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
             continue
         saved = state.load(index, arm.label, seed, arm.cls.version)
-        if saved is None:
+        if saved is not None:
+            reused.append(f"{arm.label}/seed{seed}")
+        else:
             try:
                 saved = _run_job(arm, seed, shared, timings)
             except ParadigmUnavailable as exc:
@@ -155,21 +158,22 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
                 skipped[arm.label] = str(exc)
                 continue
             state.save(index, *saved)
-        else:
-            reused.append(f"{arm.label}/seed{seed}")
-        frame, record = saved
-        frames.append(frame)
-        tokens.extend(tuple(row) for row in record["tokens"])
-        info = paradigm_info.setdefault(arm.label, {
-            "paradigm": arm.cls.name, "version": arm.cls.version, "options": arm.options,
-            "description": arm.cls.description, "sweep_value": arm.sweep_value, "seeds": {}})
-        info["seeds"][str(seed)] = record["info"]
+        frames.append(saved[0])
+        tokens.extend(tuple(row) for row in saved[1]["tokens"])
+        _record_info(paradigm_info, arm, seed, saved[1]["info"])
     if not frames:
         raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv)
     manifest.update(skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
                     resumed_by=" ".join(resumed_by) if resumed_by else None)
     return _write_run(state, cfg, pd.concat(frames, ignore_index=True), tokens, manifest)
+
+
+def _record_info(paradigm_info: dict, arm, seed: int, info: dict) -> None:
+    entry = paradigm_info.setdefault(arm.label, {
+        "paradigm": arm.cls.name, "version": arm.cls.version, "options": arm.options,
+        "description": arm.cls.description, "sweep_value": arm.sweep_value, "seeds": {}})
+    entry["seeds"][str(seed)] = info
 
 
 def load_llm(cfg: Config, device: torch.device, cache_root: Path, progress=None) -> FrozenLLM:
