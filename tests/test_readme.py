@@ -31,3 +31,17 @@ def test_readme_reference_table_matches_the_committed_results():
     rows = [line for line in section.splitlines() if line.startswith("|")]
     committed = (README.parent / "results" / "ml-100k-default" / "results.md").read_text().splitlines()
     assert len(rows) == 10 and all(row in committed for row in rows)
+
+
+def test_committed_reference_tables_are_what_report_makes_of_them(tmp_path):
+    import shutil
+
+    from bench import report
+
+    for name in ("ml-100k-default", "ml-100k-ra-rec-sweep"):
+        committed = README.parent / "results" / name
+        copy = tmp_path / name
+        shutil.copytree(committed, copy)
+        report.build(copy)
+        for table in ("results.md", "results.csv", "results.tex", "significance.csv", "metrics.json"):
+            assert (copy / table).read_bytes() == (committed / table).read_bytes(), f"{name}/{table}"
