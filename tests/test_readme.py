@@ -1,10 +1,11 @@
 """The README's plugin example is executed, so it cannot rot."""
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
-from bench import registry, runner
+from bench import registry, report, runner
 from bench.config import load_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -34,10 +35,6 @@ def test_readme_reference_table_matches_the_committed_results():
 
 
 def test_committed_reference_tables_are_what_report_makes_of_them(tmp_path):
-    import shutil
-
-    from bench import report
-
     for name in ("ml-100k-default", "ml-100k-ra-rec-sweep"):
         committed = README.parent / "results" / name
         copy = tmp_path / name
