@@ -136,12 +136,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench import report
 
-    table = report.compare_runs(args.run_a, args.run_b)
+    table, alpha = report.compare_runs(args.run_a, args.run_b)
     if args.out:
         from bench.cache import atomic_write_text
 
         atomic_write_text(args.out, table.to_csv(index=False, float_format="%.6g"))
-    print(report.compare_md(table, args.run_a, args.run_b))
+    print(report.compare_md(table, args.run_a, args.run_b, alpha))
     return 0
 
 

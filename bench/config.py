@@ -178,13 +178,18 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    nested: dict = {}
-    node = nested
-    parts = key.split(".")
+    return nested(key, value)
+
+
+def nested(dotted: str, value: Any) -> dict:
+    """``nested("a.b.c", v)`` -> ``{"a": {"b": {"c": v}}}``, an override layer for one dotted key."""
+    root: dict = {}
+    node = root
+    parts = dotted.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
-    return nested
+    return root
 
 
 def _check_values(tree: Mapping) -> None:

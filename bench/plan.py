@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from bench import registry
-from bench.config import Config, with_overrides
+from bench.config import Config, nested, with_overrides
 from bench.errors import BenchError
 
 SWEEPABLE = ("paradigms.", "train.", "llm.token_budget", "llm.item_max_tokens", "llm.batch_size")
@@ -81,20 +81,10 @@ def arms(spec: str, cfg: Config, sweep: Sweep | None = None) -> list[Arm]:
             out.append(Arm(cls.name, cls, registry.options_for(cls, cfg), cfg))
             continue
         for value in sweep.values:
-            variant = with_overrides(cfg, [_nested(sweep.key, value)])
+            variant = with_overrides(cfg, [nested(sweep.key, value)])
             out.append(Arm(f"{cls.name}[{sweep.short}={value}]", cls, registry.options_for(cls, variant), variant,
                            value))
     return out
-
-
-def _nested(dotted: str, value: Any) -> dict:
-    node: dict = {}
-    root = node
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return root
 
 
 def sweep_record(sweep: Sweep | None, run_arms: list[Arm]) -> dict | None:

@@ -58,8 +58,7 @@ def draw_all(run: "Run") -> list[str]:
 
 def _seed_averaged(run: "Run", metrics: list[str]) -> pd.DataFrame:
     test = run.per_user[run.per_user["stage"] == "test"]
-    table = test.groupby(["paradigm", "user"], sort=False)[metrics].mean().reset_index()
-    return table
+    return test.groupby(["paradigm", "user"], sort=False)[metrics].mean().reset_index()
 
 
 def metrics_plot(run: "Run", metrics: list[str], plt, sns):

@@ -176,7 +176,9 @@ def _best(table: pd.DataFrame, metric: str) -> set[str]:
     return set(table.loc[means == means.max(), "paradigm"]) if means.notna().any() else set()
 
 
-def _caption(run: Run, n_tests: int) -> str:
+def _caption(run: Run) -> str:
+    n_paradigms = len(run.paradigms)
+    n_tests = len(report_metrics(run)) * n_paradigms * (n_paradigms - 1) // 2
     seeds = run.seeds
     spread = f", then mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 \
         else f" (seed {seeds[0]})"
@@ -206,7 +208,7 @@ def results_md(run: Run, table: pd.DataFrame) -> str:
     metrics = report_metrics(run)
     manifest, multi = run.manifest, len(run.seeds) > 1
     lines = [f"# Results: {manifest.get('dataset')}", "",
-             _caption(run, len(metrics) * len(run.paradigms) * (len(run.paradigms) - 1) // 2), "",
+             _caption(run), "",
              f"- split `{manifest.get('split_hash')}`, config `{manifest.get('config_hash')}`, "
              f"encoder `{(manifest.get('encoder') or {}).get('key', 'none')}`",
              f"- command: `{manifest.get('command')}`",
@@ -257,9 +259,8 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
     multi = len(run.seeds) > 1
     best = {m: _best(table, m) for m in metrics}
     header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params", "Tokens", "Time (s)"]
-    n_tests = len(metrics) * len(run.paradigms) * (len(run.paradigms) - 1) // 2
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{tex_escape(run.manifest.get('dataset'))}: {tex_escape(_caption(run, n_tests))}}}",
+             rf"\caption{{{tex_escape(run.manifest.get('dataset'))}: {tex_escape(_caption(run))}}}",
              rf"\label{{tab:bench-{tex_escape(run.manifest.get('dataset'))}}}",
              r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
              " & ".join(header) + r" \\", r"\midrule"]
@@ -279,9 +280,10 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
 
 
 # -- two runs ------------------------------------------------------------------------------------------------
-def compare_runs(dir_a: Path, dir_b: Path) -> pd.DataFrame:
+def compare_runs(dir_a: Path, dir_b: Path) -> tuple[pd.DataFrame, float]:
     """Paired tests of every paradigm present in both runs, run A's against run B's (labels ``A:NAME`` and
-    ``B:NAME``), on run A's ``report.metrics``; Holm over all rows. The runs must share the split."""
+    ``B:NAME``), on run A's ``report.metrics``; Holm over all rows. The runs must share the split.
+    Returns the table and run A's ``report.alpha``."""
     run_a, run_b = read_run(dir_a), read_run(dir_b)
     hash_a, hash_b = run_a.manifest.get("split_hash"), run_b.manifest.get("split_hash")
     if hash_a != hash_b:
@@ -298,11 +300,12 @@ def compare_runs(dir_a: Path, dir_b: Path) -> pd.DataFrame:
         right = stats.user_matrix(run_b.per_user, metric)[common].add_prefix("B:")
         matrices[metric] = left.join(right, how="inner")
     cfg = run_a.config
-    return stats.compare_pairs(matrices, [(f"A:{p}", f"B:{p}") for p in common], cfg["report.bootstrap"],
-                               cfg["report.seed"], cfg["report.test"])
+    table = stats.compare_pairs(matrices, [(f"A:{p}", f"B:{p}") for p in common], cfg["report.bootstrap"],
+                                cfg["report.seed"], cfg["report.test"])
+    return table, cfg["report.alpha"]
 
 
-def compare_md(table: pd.DataFrame, dir_a: Path, dir_b: Path, alpha: float = 0.05) -> str:
+def compare_md(table: pd.DataFrame, dir_a: Path, dir_b: Path, alpha: float) -> str:
     """Markdown view of :func:`compare_runs`' table."""
     lines = [f"A = {dir_a}", f"B = {dir_b}", "",
              "| metric | paradigm | A | B | A - B | 95% CI | rel. % | t p | Wilcoxon p | Holm p | wins/ties/losses |",

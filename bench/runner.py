@@ -166,7 +166,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv)
     manifest.update(skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
                     resumed_by=" ".join(resumed_by) if resumed_by else None)
-    return _write_run(state, cfg, pd.concat(frames, ignore_index=True), tokens, manifest)
+    return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest)
 
 
 def _record_info(paradigm_info: dict, arm, seed: int, info: dict) -> None:
@@ -282,10 +282,9 @@ def _manifest(cfg: Config, shared: _Shared, device: torch.device, timings: Timin
     }
 
 
-def _write_run(state: RunState, cfg: Config, per_user: pd.DataFrame, tokens: list, manifest: dict) -> Path:
+def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: dict) -> Path:
     """Write the final files into the working folder, build the tables, and rename it to the run directory."""
-    tmp, out = state.dir, state.out
-    atomic_write_text(tmp / "config.yaml", cfg.to_yaml())
+    tmp, out = state.dir, state.out  # config.yaml is already there (RunState.start)
     report.write_json(tmp / "manifest.json", manifest)
     atomic_write_text(tmp / "per_user.csv", per_user.to_csv(index=False, float_format="%.10g"))
     atomic_write_text(tmp / "tokens.csv", pd.DataFrame(tokens, columns=TOKEN_COLUMNS).to_csv(index=False))
