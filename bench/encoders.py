@@ -36,6 +36,7 @@ class Encoder:
     max_seq_len: int
     key: str
     info: dict = field(default_factory=dict)
+    _stage_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def item_embeddings(self) -> torch.Tensor:
@@ -68,6 +69,29 @@ class Encoder:
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """[len(histories), n_items] float scores of every item after each history."""
         return self.model.full_sort_predict(self.pack(histories))
+
+    @torch.no_grad()
+    def user_representations(self, histories: Sequence[np.ndarray], batch_size: int = 4096) -> torch.Tensor:
+        """[len(histories), d] the model's representation of each history (on the encoder's device).
+
+        For SASRec this is the last real position's hidden state (the vector its scores are inner products
+        with); it reads the last ``max_seq_len`` items of each history.
+        """
+        parts = []
+        for start in range(0, len(histories), batch_size):
+            batch = self.pack(histories[start:start + batch_size])
+            parts.append(self.model.forward(batch[self.model.ITEM_SEQ], batch[self.model.ITEM_SEQ_LEN]))
+        return torch.cat(parts) if parts else torch.empty(0, self.item_embeddings.shape[1], device=self.device)
+
+    def stage_representations(self, split: Split, stage: str) -> torch.Tensor:
+        """[n_users, d] user representations before ``stage`` (row 0 = padding, zeros), computed once per
+        (split, stage) and shared by every paradigm that asks."""
+        key = (split.hash, stage)
+        if key not in self._stage_cache:
+            users = split.users
+            reps = self.user_representations([split.history(int(u), stage) for u in users])
+            self._stage_cache[key] = torch.cat([torch.zeros(1, reps.shape[1], device=reps.device), reps])
+        return self._stage_cache[key]
 
 
 class _ItemCount:

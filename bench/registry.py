@@ -32,9 +32,12 @@ BUILTIN: dict[str, str] = {
     "id-direct": "paradigms.id_direct",
     "id-translation": "paradigms.id_translation",
     "ra-rec": "paradigms.ra_rec",
+    "ra-rec-noid": "paradigms.ra_rec",
+    "ra-rec-input": "paradigms.ra_rec",
     "ra-rec-noinst": "paradigms.ra_rec",
     "ra-rec-noinfonce": "paradigms.ra_rec",
-    "ra-rec-input": "paradigms.ra_rec",
+    "ra-rec-untrained": "paradigms.ra_rec",
+    "ra-rec-items": "paradigms.ra_rec_items",
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

@@ -71,52 +71,108 @@ def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor
 
 def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: torch.Generator,
               validate: Callable[[], float], progress=None, extra_loss: Callable | None = None,
-              desc: str = "train") -> dict:
+              desc: str = "train", learning_rate: float | None = None, warmup_steps: int = 0) -> dict:
     """Train ``task`` on samples ``0..len(targets)-1`` with BPR; early-stop on ``validate()`` (higher = better)
-    and restore the best parameters. ``extra_loss(items, item_vectors)``, if given, is added to every batch's
-    loss (it receives the batch's target items and their vectors). Returns epochs run, best validation score,
-    seconds and the per-epoch history."""
+    and restore the best parameters.
+
+    The starting point is validated first (epoch 0), so when no epoch beats it the initial parameters are kept.
+    ``extra_loss(items, item_vectors)``, if given, is added to every batch's loss (it receives the batch's target
+    items and their vectors). A task with ``micro_batch`` set is run in micro-batches (see :func:`_chunked_step`)
+    and may add per-row auxiliary losses (``row_aux = True``). ``learning_rate`` overrides ``train.learning_rate``
+    (a paradigm option); the rate rises linearly over the first ``warmup_steps`` optimiser steps.
+    Returns epochs trained, the best epoch and its validation score, seconds and the per-epoch history.
+    """
     params = [p for p in task.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg["train.learning_rate"], weight_decay=cfg["train.weight_decay"])
+    lr = cfg["train.learning_rate"] if learning_rate is None else learning_rate
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg["train.weight_decay"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
     target_t = torch.as_tensor(targets, dtype=torch.long)
     batch, n_neg = cfg["train.batch_size"], cfg["train.negatives"]
-    best, best_state, bad_epochs, history = -1.0, None, 0, []
     start = time.perf_counter()
+    best = validate()
+    best_state, best_epoch, bad_epochs = copy.deepcopy(_state(task)), 0, 0
+    history = [{"epoch": 0, "loss": None, "valid_ndcg@10": best}]
     n_batches = (len(targets) + batch - 1) // batch
     bar = progress(total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False) if progress else None
-    for epoch in range(cfg["train.epochs"]):
+    for epoch in range(1, cfg["train.epochs"] + 1):
         order = torch.randperm(len(targets), generator=generator)
         losses = []
         for begin in range(0, len(order), batch):
             idx = order[begin:begin + batch]
             negatives = torch.randint(1, n_items, (n_neg,), generator=generator)
-            user = task.sample_vectors(idx)
-            positive = task.item_vectors(target_t[idx])
-            loss = bpr_loss(user, positive, task.item_vectors(negatives))
-            if extra_loss is not None:
-                loss = loss + extra_loss(target_t[idx], positive)
             optimizer.zero_grad()
-            loss.backward()
+            losses.append(_step(task, idx, target_t[idx], negatives, extra_loss))
             optimizer.step()
-            losses.append(loss.item())
+            schedule.step()
             if bar:
                 bar.update(1)
         score = validate()
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "valid_ndcg@10": score})
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score})
         if bar:
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}", valid_ndcg10=f"{score:.4f}")
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.4f}", valid_ndcg10=f"{score:.4f}")
         if score > best:
-            best, best_state, bad_epochs = score, copy.deepcopy(_state(task)), 0
+            best, best_state, best_epoch, bad_epochs = score, copy.deepcopy(_state(task)), epoch, 0
         else:
             bad_epochs += 1
             if bad_epochs >= cfg["train.stopping_step"]:
                 break
     if bar:
         bar.close()
-    if best_state is not None:
-        _restore(task, best_state)
-    return {"epochs": len(history), "best_valid_ndcg@10": best, "train_seconds": round(time.perf_counter() - start, 2),
-            "history": history}
+    _restore(task, best_state)
+    return {"epochs": len(history) - 1, "best_epoch": best_epoch, "best_valid_ndcg@10": best,
+            "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+
+
+def _step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+          extra_loss: Callable | None) -> float:
+    """Gradients of one batch's loss on the task's parameters; returns the loss value."""
+    step = getattr(task, "micro_batch", None)
+    if step and max(len(samples), len(positives) + len(negatives)) > step:
+        if extra_loss is not None:
+            raise ValueError("extra_loss cannot be combined with micro_batch; return row losses (row_aux)")
+        return _chunked_step(task, samples, positives, negatives, step)
+    aux = getattr(task, "row_aux", False)
+    user, user_aux = _vectors(task.sample_vectors, samples, aux)
+    positive, item_aux = _vectors(task.item_vectors, positives, aux)
+    loss = bpr_loss(user, positive, task.item_vectors(negatives))
+    if aux:
+        loss = loss + user_aux.mean() + item_aux.mean()
+    if extra_loss is not None:
+        loss = loss + extra_loss(positives, positive)
+    loss.backward()
+    return loss.item()
+
+
+def _vectors(fn: Callable, ids: torch.Tensor, aux: bool):
+    return fn(ids, aux=True) if aux else (fn(ids), None)
+
+
+def _chunked_step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                  step: int) -> float:
+    """The same gradients as one whole-batch pass, with at most ``step`` sequences in memory at a time.
+
+    Pass 1 computes every vector without a graph; the BPR loss gives the gradient with respect to each vector;
+    pass 2 recomputes each micro-batch with a graph and back-propagates that gradient (plus the micro-batch's
+    row losses, when the task has ``row_aux``). Costs one extra forward pass per batch.
+    """
+    aux = getattr(task, "row_aux", False)
+    parts = [(task.sample_vectors, samples, aux), (task.item_vectors, positives, aux),
+             (task.item_vectors, negatives, False)]
+    with torch.no_grad():
+        cached = [torch.cat([fn(ids[i:i + step]) for i in range(0, len(ids), step)]) for fn, ids, _ in parts]
+    leaves = [c.detach().requires_grad_() for c in cached]
+    loss = bpr_loss(*leaves)
+    loss.backward()
+    total = loss.item()
+    for (fn, ids, with_aux), leaf in zip(parts, leaves):
+        for i in range(0, len(ids), step):
+            vectors, rows = _vectors(fn, ids[i:i + step], with_aux)
+            surrogate = (vectors * leaf.grad[i:i + step]).sum()
+            if with_aux:
+                row_loss = rows.sum() / len(ids)
+                surrogate, total = surrogate + row_loss, total + row_loss.item()
+            surrogate.backward()
+    return total
 
 
 def _state(task) -> list[torch.Tensor]:
@@ -125,5 +181,5 @@ def _state(task) -> list[torch.Tensor]:
 
 def _restore(task, state: list[torch.Tensor]) -> None:
     with torch.no_grad():
-        for param, saved in zip([p for p in task.parameters() if p.requires_grad], state):
+        for param, saved in zip([p for p in task.parameters() if p.requires_grad], state, strict=True):
             param.copy_(saved)

@@ -1,20 +1,29 @@
-"""RA-Rec (arXiv 2402.04527): pre-trained ID embeddings aligned into every layer of a frozen LLM.
+"""RA-Rec (arXiv 2402.04527): the ID encoder's user and item representations as prefixes of every LLM layer.
 
-* Reparameterization: for every layer l, ``p_l(e) = W_l e + b_l`` maps the frozen ID encoder's item embedding
-  to that layer's width (optionally ``W_l = A_l B`` with a shared low-rank ``B``).
-* Contextual instruction: ``m`` learnable vectors per layer, placed before the ID soft prompts.
-* Hybrid prompt: ``[instruction][one soft vector per history item][hard prompt tokens]``; the soft part
-  overwrites the prefix positions of every block's input (forward pre-hooks, see ``bench.soft_prompts``).
-* Item side: ``[instruction][the item's soft vector][title tokens]`` through the same frozen LLM.
-* Two-tower scoring ``s(u, i) = <g(u), h(i)>`` with g, h the backbone's pooled outputs (or, with
-  ``similarity: cosine``, their cosine divided by ``score_temperature``, for backbones whose hidden states
-  have large norms).
-* Loss: the shared BPR loop + ``infonce_weight`` x InfoNCE between an item's hybrid representation and its
-  text-only representation (the frozen backbone's pooled title features).
-* Training data: optional denoising and diversity sampling, and ``train_fraction`` of the samples.
+As the paper's abstract and a public reading note of its method describe it (no code is published):
 
-Only the projectors and the instruction vectors train; the backbone and the ID encoder stay frozen.
-Ablations are registered variants with other defaults: ``ra-rec-noinst``, ``ra-rec-noinfonce``, ``ra-rec-input``.
+* ID representations: the frozen encoder's user representation ``u`` (SASRec: the last position's hidden state
+  for the history up to the stage) and the item's ID embedding ``i``.
+* Reparameterization: per layer l, separate projectors for users and items, ``p_u^l = W_u^l u + b_u^l`` and
+  ``p_i^l = W_i^l i + b_i^l`` (``rank`` shares a low-rank factor across layers).
+* Contextual instruction: ``m`` learnable vectors per layer and tower, ``d^l = [c^l ; p^l]``.
+* ``d^l`` enters layer l as prefix keys and values: the layer's frozen key/value projections of ``d^l`` are
+  attended to by the text tokens, queries come from the text only (``bench.prefix_kv``: an attention-level
+  function, so it acts inside every layer of encoders and decoders alike). Pooling is over text positions.
+* Hard prompt: a task instruction and the history's titles, most recent first, within the token budget; the
+  item prompt is the item's title with the item's own prefix.
+* Score ``s(u, i) = <h_u, h_i>`` of the pooled last-layer outputs (``similarity: cosine`` divides the cosine
+  by ``score_temperature`` instead, for backbones with large hidden norms).
+* Loss: the shared BPR loop + ``l2`` x squared prefixes + ``infonce_weight`` x (InfoNCE_user + InfoNCE_item),
+  InfoNCE at every layer between the pooled hidden states of the ID-carrying pass and of a text-only pass of
+  the same prompt (the latter is fixed, computed once per prompt and kept in float16).
+* Training data: optional denoising and diversity sampling, ``train_fraction`` of the samples.
+
+Only the projectors and instruction vectors train; backbone and ID encoder stay frozen. Training runs in
+micro-batches of ``micro_batch`` sequences with exact whole-batch gradients (``bench.training``), which bounds
+memory. Variants with other defaults: ``ra-rec-noid`` (instruction prefixes only: plain prefix tuning),
+``ra-rec-input`` (prefixes as soft tokens at the input layer only), ``ra-rec-noinst``, ``ra-rec-noinfonce`` and
+``ra-rec-untrained`` (the initialisation, evaluated without training).
 """
 from __future__ import annotations
 
@@ -25,9 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from bench.prefix_kv import attention_input_scales, prefixed
 from bench.registry import Context, Paradigm, TokenUsage, register
-from bench.soft_prompts import LayerProjectors, block_input_scales, injected
+from bench.soft_prompts import LayerProjectors
 from bench.split import STAGES, Split
+from bench.tokens import fit_prompt
 from bench.training import train_bpr, training_samples, validation_ndcg
 
 UNTITLED = "an untitled item"
@@ -74,206 +85,316 @@ def diversity_sample(lengths: np.ndarray, popularity: np.ndarray, size: int, rng
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
-class _Aligner(torch.nn.Module):
-    """The trainable part (projectors, instruction) and the frozen pieces it drives."""
+def select_samples(split: Split, opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
+                   targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training samples an RA-Rec paradigm trains on: denoised (``opts['denoise']``), then
+    ``opts['train_fraction']`` of them, drawn by diversity sampling (``opts['diversity']``) or uniformly."""
+    keep = denoise(split, users, lengths, targets) if opts["denoise"] else np.ones(len(targets), dtype=bool)
+    users, lengths, targets = users[keep], lengths[keep], targets[keep]
+    size = max(1, int(round(opts["train_fraction"] * len(targets))))
+    if size < len(targets):
+        rng = np.random.default_rng(seed)
+        index = diversity_sample(lengths, split.popularity[targets], size, rng) if opts["diversity"] \
+            else np.sort(rng.choice(len(targets), size, replace=False))
+        users, lengths, targets = users[index], lengths[index], targets[index]
+    return users, lengths, targets
 
-    def __init__(self, backbone, id_embeddings: torch.Tensor, options: dict):
+
+class _Prefix(torch.nn.Module):
+    """One tower's trainable prefix per injected layer: ``m`` instruction vectors, then the projected ID
+    representation (when ``with_ids``). ``forward(reps [b, d_e]) -> [L', b, P, d]`` (None when P = 0)."""
+
+    def __init__(self, n_layers: int, id_dim: int, width: int, m: int, rank: int | None, with_ids: bool):
         super().__init__()
-        self.backbone = backbone
-        n_inject = backbone.n_layers if options["layers"] == "all" else 1
-        if options["layers"] not in ("all", "input"):
-            raise BenchError(f"paradigms.ra-rec.layers must be 'all' or 'input', got {options['layers']!r}")
-        self.projectors = LayerProjectors(n_inject, id_embeddings.shape[1], backbone.width, options["rank"])
-        m = options["instruction_len"]
-        self.instruction = torch.nn.Parameter(torch.randn(n_inject, m, backbone.width)) if m else None
-        if options["similarity"] not in ("dot", "cosine"):
-            raise BenchError(f"paradigms.ra-rec.similarity must be 'dot' or 'cosine', got {options['similarity']!r}")
-        self.cosine_scale = options["score_temperature"] ** -0.5 if options["similarity"] == "cosine" else None
-        self.register_buffer("id_embeddings", id_embeddings.float(), persistent=False)
-        self.to(backbone.device)
-
-    def calibrate(self, texts: list[str]) -> None:
-        """Start soft prompts at the scale of each layer's real hidden states (measured on ``texts``)."""
-        batch = self.backbone.tokenizer(texts, padding=True, return_tensors="pt").to(self.backbone.device)
-        scales = block_input_scales(self.backbone.model, self.backbone.blocks, dict(batch))
-        scales = scales[:self.projectors.weight.shape[0]].to(self.backbone.device)
-        self.projectors.calibrate(self.id_embeddings[1:1025], scales)
-        if self.instruction is not None:
-            with torch.no_grad():
-                self.instruction.mul_(scales.view(-1, 1, 1))
+        self.projector = LayerProjectors(n_layers, id_dim, width, rank) if with_ids else None
+        self.instruction = torch.nn.Parameter(torch.randn(n_layers, m, width)) if m else None
 
     @property
-    def instruction_len(self) -> int:
-        return 0 if self.instruction is None else self.instruction.shape[1]
+    def length(self) -> int:
+        return (0 if self.instruction is None else self.instruction.shape[1]) + (self.projector is not None)
 
-    def trainable(self) -> list[torch.nn.Parameter]:
-        """Projectors and instruction vectors (the backbone is a plain attribute, not a submodule)."""
-        return [p for p in self.parameters() if p.requires_grad]
+    @torch.no_grad()
+    def calibrate(self, reps: torch.Tensor, scales: torch.Tensor) -> None:
+        """Start every layer's prefix at that layer's measured input scale ``scales`` ([L'])."""
+        if self.projector is not None:
+            self.projector.calibrate(reps, scales)
+        if self.instruction is not None:
+            self.instruction.mul_(scales.view(-1, 1, 1))
 
-    def layout(self, soft_items: list[list[int]], hard: list[list[int]]):
-        """Token ids ``[b, H]``, soft item ids ``[b, S]`` and the attention mask ``[b, m + S + H]`` of a batch."""
-        b, m = len(soft_items), self.instruction_len
-        width_s, width_h = max(len(s) for s in soft_items), max(len(h) for h in hard)
-        pad = self.backbone.tokenizer.pad_token_id or 0
-        ids = torch.full((b, width_h), pad, dtype=torch.long)
-        soft = torch.zeros(b, width_s, dtype=torch.long)
-        mask = torch.zeros(b, m + width_s + width_h, dtype=torch.long)
-        mask[:, :m] = 1
-        for row, (items, tokens) in enumerate(zip(soft_items, hard)):
-            soft[row, :len(items)] = torch.as_tensor(items, dtype=torch.long)
-            mask[row, m:m + len(items)] = 1
-            ids[row, :len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
-            mask[row, m + width_s:m + width_s + len(tokens)] = 1
-        return ids, soft, mask
+    def forward(self, reps: torch.Tensor, batch: int) -> torch.Tensor | None:
+        parts = []
+        if self.instruction is not None:
+            parts.append(self.instruction.unsqueeze(1).expand(-1, batch, -1, -1))
+        if self.projector is not None:
+            parts.append(self.projector(reps).unsqueeze(2))
+        return torch.cat(parts, dim=2) if parts else None
 
-    def forward(self, soft_items: list[list[int]], hard: list[list[int]]) -> torch.Tensor:
-        """Pooled backbone output [b, width] of hybrid prompts (one list of soft items and of hard ids per row)."""
-        device, model = self.backbone.device, self.backbone.model
-        ids, soft, mask = (t.to(device) for t in self.layout(soft_items, hard))
-        b, prefix_len = len(soft_items), self.instruction_len + soft.shape[1]
-        dtype = next(model.parameters()).dtype
-        hard_embeds = model.get_input_embeddings()(ids)
-        embeds = torch.cat([torch.zeros(b, prefix_len, hard_embeds.shape[-1], dtype=dtype, device=device),
-                            hard_embeds], dim=1)
-        soft_vectors = self.projectors(self.id_embeddings[soft])            # [L', b, S, d]
-        prefixes = []
-        for layer in range(soft_vectors.shape[0]):
-            parts = [] if self.instruction is None else [self.instruction[layer].expand(b, -1, -1)]
-            prefixes.append(torch.cat(parts + [soft_vectors[layer]], dim=1))
-        prefixes += [None] * (self.backbone.n_layers - len(prefixes))
-        with injected(self.backbone.blocks, prefixes):
-            hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        pooled = self.backbone.pool(hidden, mask).float()
-        if self.cosine_scale is None:
+
+class _Towers(torch.nn.Module):
+    """The trainable prefixes of both towers and the frozen backbone they drive."""
+
+    def __init__(self, backbone, id_dim: int, options: dict):
+        super().__init__()
+        if options["layers"] not in ("all", "input"):
+            raise BenchError(f"paradigms.ra-rec.layers must be 'all' or 'input', got {options['layers']!r}")
+        if options["similarity"] not in ("dot", "cosine"):
+            raise BenchError(f"paradigms.ra-rec.similarity must be 'dot' or 'cosine', got {options['similarity']!r}")
+        self.backbone, self.every_layer = backbone, options["layers"] == "all"
+        n = backbone.n_layers if self.every_layer else 1
+        shape = (n, id_dim, backbone.width, options["instruction_len"], options["rank"], options["ids"])
+        self.user, self.item = _Prefix(*shape), _Prefix(*shape)
+        self.cosine_scale = options["score_temperature"] ** -0.5 if options["similarity"] == "cosine" else None
+        self.to(backbone.device)
+
+    def calibrate(self, texts: list[str], user_reps: torch.Tensor, item_reps: torch.Tensor) -> None:
+        """Start prefixes at the scale of the hidden states the frozen attention reads (measured on ``texts``)."""
+        backbone = self.backbone
+        batch = backbone.tokenizer(texts, padding=True, return_tensors="pt").to(backbone.device)
+        if self.every_layer:
+            scales = attention_input_scales(backbone.model, backbone.blocks, dict(batch))
+        else:
+            scales = backbone.model.get_input_embeddings()(batch["input_ids"])[batch["attention_mask"].bool()]
+            scales = scales.float().std().view(1)
+        scales = scales.to(backbone.device)
+        self.user.calibrate(user_reps, scales)
+        self.item.calibrate(item_reps, scales)
+
+    def forward(self, side: str, reps: torch.Tensor | None, tokens: list[list[int]], layers: bool = False):
+        """Pooled outputs ``[b, d]`` of prompts ``tokens`` with ``side``'s prefix for ID representations
+        ``reps`` ([b, d_e]); with ``layers``, also every layer's pooled text states ``[L, b, d]``."""
+        backbone = self.backbone
+        ids, mask = _pad(tokens, backbone.tokenizer.pad_token_id or 0, backbone.device)
+        prefix = getattr(self, side)(reps, len(tokens))
+        hidden = self._run(prefix, ids, mask, layers)
+        pooled = backbone.pool(hidden[-1], mask).float()
+        if self.cosine_scale is not None:
+            pooled = F.normalize(pooled, dim=-1) * self.cosine_scale  # dot products become cosine / temperature
+        if not layers:
             return pooled
-        return F.normalize(pooled, dim=-1) * self.cosine_scale  # dot products become cosine / temperature
+        return pooled, torch.stack([backbone.pool(h, mask).float() for h in hidden[1:]])
+
+    def text_only(self, tokens: list[list[int]]) -> torch.Tensor:
+        """Every layer's pooled text states ``[L, b, d]`` of the prompts without any prefix."""
+        ids, mask = _pad(tokens, self.backbone.tokenizer.pad_token_id or 0, self.backbone.device)
+        hidden = self._run(None, ids, mask, True)
+        return torch.stack([self.backbone.pool(h, mask).float() for h in hidden[1:]])
+
+    def _run(self, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor, layers: bool):
+        """Hidden states of the text positions: a tuple (embeddings, layer 1, ..., layer L) or (last layer,)."""
+        model = self.backbone.model
+        if prefix is None:
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
+        elif self.every_layer:
+            with prefixed(model, self.backbone.blocks, list(prefix)):
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
+        else:  # soft tokens in front of the input embeddings, cut off again before pooling
+            embeds = model.get_input_embeddings()(ids)
+            width = prefix.shape[2]
+            full_mask = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, width), mask], dim=1)
+            out = model(inputs_embeds=torch.cat([prefix[0].to(embeds.dtype), embeds], dim=1),
+                        attention_mask=full_mask, output_hidden_states=layers)
+            states = out.hidden_states if layers else (out.last_hidden_state,)
+            return tuple(h[:, width:] for h in states)
+        return out.hidden_states if layers else (out.last_hidden_state,)
+
+
+def _pad(tokens: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(t) for t in tokens)
+    ids = torch.full((len(tokens), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(tokens), width, dtype=torch.long)
+    for row, row_tokens in enumerate(tokens):
+        ids[row, :len(row_tokens)] = torch.as_tensor(row_tokens, dtype=torch.long)
+        mask[row, :len(row_tokens)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def info_nce(hybrid: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-row InfoNCE ``[b]``, averaged over layers: row r's hybrid state ``hybrid[l, r]`` ([L, b, d]) must
+    pick its own text-only state ``text[l, r]`` among the batch's; rows with the same ``keys[r]`` (the same
+    prompt) are not each other's negatives."""
+    logits = torch.einsum("lbd,lcd->lbc", F.normalize(hybrid, dim=-1), F.normalize(text.to(hybrid), dim=-1))
+    same = (keys.view(-1, 1) == keys.view(1, -1)) & ~torch.eye(len(keys), dtype=torch.bool, device=keys.device)
+    logits = (logits / temperature).masked_fill(same.to(logits.device), float("-inf"))
+    rows = torch.arange(len(keys), device=logits.device)
+    return -logits.log_softmax(-1)[:, rows, rows].mean(0)
+
+
+class _TextOnly:
+    """Text-only per-layer pooled states ``[L, d]`` of fixed prompts, computed on first use, kept in float16."""
+
+    def __init__(self, count: int, compute):
+        self._compute, self._count = compute, count
+        self._store: torch.Tensor | None = None
+        self._done = torch.zeros(count, dtype=torch.bool)
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        missing = index[~self._done[index]].unique()
+        if len(missing):
+            with torch.no_grad():
+                fresh = self._compute(missing).cpu()                      # [L, m, d]
+            if self._store is None:
+                self._store = torch.zeros(fresh.shape[0], self._count, fresh.shape[2], dtype=torch.float16)
+            self._store[:, missing] = fresh.half()
+            self._done[missing] = True
+        return self._store[:, index].float()
 
 
 @register("ra-rec")
 class RARec(Paradigm):
-    """RA-Rec alignment: ID embeddings as per-layer soft prompts of a frozen LLM (see the module docstring)."""
+    """RA-Rec: the encoder's user and item representations as prefix keys/values of every layer (see the module
+    docstring)."""
 
-    version = "1"
-    description = "RA-Rec: ID embeddings projected into every LLM layer as soft prompts, plus instruction prefixes."
+    version = "2"
+    description = ("RA-Rec: the ID encoder's user and item representations projected into every LLM layer as "
+                   "prefix keys/values after instruction prefixes; titles as the hard prompt.")
     needs_encoder = True
     needs_llm = True
     defaults = {
-        "instruction_len": 4,       # m: learnable instruction vectors per layer (0 = none)
-        "layers": "all",            # where soft prompts enter: all layers, or the input layer only
-        "rank": None,               # shared low-rank factor of the projectors (None = full rank)
-        "infonce_weight": 0.1,      # lambda of the InfoNCE alignment loss (0 = off)
+        "instruction_len": 4,       # m: learnable contextual-instruction vectors per layer and tower (0 = none)
+        "ids": True,                # project the ID representations into the prefixes (False = instruction only)
+        "layers": "all",            # all: prefix keys/values in every layer; input: soft tokens at the input only
+        "rank": None,               # int|null: shared low-rank factor of the projectors (null = full rank)
+        "infonce_weight": 0.1,      # lambda of InfoNCE_user + InfoNCE_item (0 = off)
         "temperature": 0.1,         # InfoNCE temperature
+        "l2": 0.0,                  # weight of the squared norm of the projected ID prefixes
+        "learning_rate": None,      # float|null: learning rate of the prefixes (null = train.learning_rate)
+        "warmup_steps": 0,          # optimiser steps of linear learning-rate warm-up
         "similarity": "dot",        # two-tower score: dot (raw pooled outputs) or cosine / score_temperature
-        "score_temperature": 0.1,   # (scale-robust for backbones with large hidden norms, e.g. SmolLM2)
-        "max_history": 20,          # soft positions at most (most recent items), also capped by the token budget
+        "score_temperature": 0.1,
+        "prompt_tokens": 32,        # int|null: cap on the hard prompt's tokens (null = llm.token_budget)
         "hard_prompt": "Recommend the next item for this user.",
         "denoise": False,           # drop samples whose target title shares no word with the history titles
         "diversity": False,         # sample evenly over history-length x target-popularity buckets
         "train_fraction": 1.0,      # share of the training samples to train on
-        "micro_batch": 64,          # sequences per backbone pass when computing evaluation vectors
+        "micro_batch": 64,          # sequences per backbone pass (training and evaluation)
+        "trained": True,            # False: evaluate the initialisation without training
     }
+    row_aux = True
 
     def fit(self, split: Split, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options
-        llm = context.llm
-        self._aligner = _Aligner(llm.backbone, context.encoder.item_embeddings.cpu(), opts)
-        tokenizer = llm.backbone.tokenizer
-        self._hard = tokenizer(opts["hard_prompt"])["input_ids"]
-        titles = [split.titles[i] or UNTITLED for i in range(split.n_items)]
-        self._aligner.calibrate([opts["hard_prompt"]] + titles[1:65])
-        self._titles = tokenizer(titles, truncation=True, max_length=llm.items.max_tokens)["input_ids"]
-        text_only = llm.items.encode(titles[1:], context.progress, f"{self.name} item titles")
-        self._text_only = torch.cat([torch.zeros(1, text_only.shape[1]), text_only])
-        users, lengths, targets = self._select(*training_samples(split, context.config["train.samples_per_user"]))
-        self._samples = (users, lengths)
-        extra = self._infonce if opts["infonce_weight"] > 0 else None
-        info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
-                         context.progress, extra_loss=extra, desc=f"{self.name} fit")
-        self.info = {**info, "samples": int(len(targets))}
-        self._vectors = {stage: self._user_vectors(stage) for stage in STAGES}
+        backbone, encoder = context.llm.backbone, context.encoder
+        self.micro_batch = opts["micro_batch"]
+        self._item_reps = encoder.item_embeddings.float()
+        self._towers = _Towers(backbone, self._item_reps.shape[1], opts)
+        self._item_tokens = self._tokenize([split.titles[i] or UNTITLED for i in range(split.n_items)],
+                                           context.llm.items.max_tokens)
+        users, lengths, targets = select_samples(split, opts, context.seed,
+                                                 *training_samples(split, context.config["train.samples_per_user"]))
+        histories = [split.train_history(int(u))[:int(n)] for u, n in zip(users, lengths)]
+        self._sample_prompts = [self._prompt(h) for h in histories]
+        self._sample_reps = encoder.user_representations(histories).float()
+        self._stage_prompts = {stage: [self._prompt(split.history(int(u), stage)) for u in split.users]
+                               for stage in STAGES}
+        titles = [split.titles[i] or UNTITLED for i in range(1, min(65, split.n_items))]
+        self._towers.calibrate([opts["hard_prompt"], *titles],
+                               self._sample_reps[:1024], self._item_reps[1:1025])
+        towers = self._towers
+        self._text = {"sample": _TextOnly(len(targets), lambda s: towers.text_only(self._tokens("sample", s))),
+                      "item": _TextOnly(split.n_items, lambda i: towers.text_only(self._tokens("item", i)))}
+        self.info = {"trained": False, "samples": int(len(targets))}
+        if opts["trained"]:
+            info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
+                             context.progress, desc=f"{self.name} fit", learning_rate=opts["learning_rate"],
+                             warmup_steps=opts["warmup_steps"])
+            self.info = {**info, "trained": True, "samples": int(len(targets))}
         self._items = self._item_vectors()
+        self._users = {stage: self._user_vectors(stage) for stage in STAGES}
 
-    def _select(self, users: np.ndarray, lengths: np.ndarray, targets: np.ndarray):
-        opts, split = self._ctx.options, self._split
-        keep = denoise(split, users, lengths, targets) if opts["denoise"] else np.ones(len(targets), dtype=bool)
-        users, lengths, targets = users[keep], lengths[keep], targets[keep]
-        size = max(1, int(round(opts["train_fraction"] * len(targets))))
-        if size < len(targets):
-            rng = np.random.default_rng(self._ctx.seed)
-            index = diversity_sample(lengths, split.popularity[targets], size, rng) if opts["diversity"] \
-                else np.sort(rng.choice(len(targets), size, replace=False))
-            users, lengths, targets = users[index], lengths[index], targets[index]
-        return users, lengths, targets
+    def _tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+        return self._ctx.llm.backbone.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
+
+    def _prompt(self, history: np.ndarray):
+        """The hard prompt of a history: instruction, then titles most recent first, within the token budget."""
+        split, opts, llm = self._split, self._ctx.options, self._ctx.llm
+        budget = min(llm.token_budget, opts["prompt_tokens"] or llm.token_budget)
+        titles = [split.titles[int(i)] or UNTITLED for i in history[::-1]]
+        render = lambda kept: f"{opts['hard_prompt']} The user bought: {'; '.join(kept)}"  # noqa: E731
+        fitted = fit_prompt(render, titles, llm.backbone.count_tokens, budget)
+        return fitted, self._tokenize([fitted.text], budget)[0]
+
+    def _tokens(self, kind: str, index: torch.Tensor) -> list[list[int]]:
+        if kind == "sample":
+            return [self._sample_prompts[int(s)][1] for s in index]
+        return [self._item_tokens[int(i)] for i in index]
 
     # -- the task the shared training loop drives ------------------------------------------------------------
     def parameters(self):
-        return self._aligner.trainable()
+        return [p for p in self._towers.parameters() if p.requires_grad]
 
-    def soft_history(self, history: np.ndarray) -> list[int]:
-        """The most recent history items that get a soft position, oldest first."""
-        room = self._ctx.llm.token_budget - self._aligner.instruction_len - len(self._hard)
-        keep = max(0, min(len(history), self._ctx.options["max_history"], room))
-        return [int(i) for i in history[len(history) - keep:]]
+    def sample_vectors(self, samples: torch.Tensor, aux: bool = False):
+        return self._side("user", self._sample_reps[samples], self._tokens("sample", samples), samples,
+                          "sample" if aux else None)
 
-    def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
-        users, lengths = self._samples
-        histories = [self._split.train_history(int(users[s]))[:int(lengths[s])] for s in samples]
-        return self._aligner([self.soft_history(h) for h in histories], [self._hard] * len(histories))
+    def item_vectors(self, items: torch.Tensor, aux: bool = False):
+        return self._side("item", self._item_reps[items.to(self._item_reps.device)], self._tokens("item", items),
+                          items, "item" if aux else None)
 
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return self._aligner([[int(i)] for i in items], [self._titles[int(i)] for i in items])
-
-    def _infonce(self, items: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        unique, inverse = torch.unique(items, return_inverse=True)
-        first = torch.full((len(unique),), len(items), dtype=torch.long)
-        first = first.scatter_reduce(0, inverse, torch.arange(len(items)), "amin")
-        hybrid = F.normalize(vectors[first], dim=-1)
-        text = F.normalize(self._text_only[unique].to(hybrid.device), dim=-1)
-        logits = hybrid @ text.T / self._ctx.options["temperature"]
-        labels = torch.arange(len(unique), device=logits.device)
-        return self._ctx.options["infonce_weight"] * F.cross_entropy(logits, labels)
+    def _side(self, side: str, reps: torch.Tensor, tokens: list[list[int]], keys: torch.Tensor, aux: str | None):
+        """Vectors of one tower; with ``aux``, also each row's auxiliary loss (InfoNCE over layers, L2)."""
+        opts = self._ctx.options
+        if aux is None:
+            return self._towers(side, reps, tokens)
+        vectors, layers = self._towers(side, reps, tokens, layers=True)
+        rows = torch.zeros(len(tokens), device=vectors.device)
+        if opts["infonce_weight"] > 0:
+            rows = rows + opts["infonce_weight"] * info_nce(layers, self._text[aux](keys), keys.to(layers.device),
+                                                            opts["temperature"])
+        prefix = getattr(self._towers, side).projector
+        if opts["l2"] > 0 and prefix is not None:
+            rows = rows + opts["l2"] * prefix(reps).pow(2).sum(dim=(0, 2))
+        return vectors, rows
 
     # -- evaluation ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _user_vectors(self, stage: str) -> torch.Tensor:
-        split, step = self._split, self._ctx.options["micro_batch"]
-        rows = [torch.zeros(1, self._ctx.llm.backbone.width)]
-        users = split.users
-        for start in range(0, len(users), step):
-            chunk = users[start:start + step]
-            soft = [self.soft_history(split.history(int(u), stage)) for u in chunk]
-            rows.append(self._aligner(soft, [self._hard] * len(chunk)).cpu())
+    def _batched(self, side: str, reps: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
+        """[1 + len(tokens), d] vectors in micro-batches (row 0: padding, zeros)."""
+        step, rows = self._ctx.options["micro_batch"], [torch.zeros(1, self._ctx.llm.backbone.width)]
+        for start in range(0, len(tokens), step):
+            rows.append(self._towers(side, reps[start:start + step], tokens[start:start + step]).cpu())
         return torch.cat(rows)
 
-    @torch.no_grad()
+    def _user_vectors(self, stage: str) -> torch.Tensor:
+        reps = self._ctx.encoder.stage_representations(self._split, stage)[1:].float()
+        return self._batched("user", reps, [p[1] for p in self._stage_prompts[stage]])
+
     def _item_vectors(self) -> torch.Tensor:
-        step = self._ctx.options["micro_batch"]
-        rows = [torch.zeros(1, self._ctx.llm.backbone.width)]
-        for start in range(1, self._split.n_items, step):
-            items = torch.arange(start, min(start + step, self._split.n_items))
-            rows.append(self.item_vectors(items).cpu())
-        return torch.cat(rows)
+        return self._batched("item", self._item_reps[1:], self._item_tokens[1:])
 
     def _validate(self) -> float:
-        self._vectors, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
+        self._users, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
         return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        return self._vectors[stage][torch.as_tensor(users)] @ self._items.T
+        return self._users[stage][torch.as_tensor(users)] @ self._items.T
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
+        read = self._ctx.encoder.max_seq_len if self._ctx.options["ids"] else 0
         rows = []
         for user in users:
-            history = self._split.history(int(user), stage)
-            kept = len(self.soft_history(history))
-            rows.append(TokenUsage(user=int(user), hard_tokens=len(self._hard),
-                                   soft_tokens=self._aligner.instruction_len + kept, history_len=len(history),
-                                   history_kept=kept))
+            fitted = self._stage_prompts[stage][int(user) - 1][0]
+            history_len = len(self._split.history(int(user), stage))
+            rows.append(TokenUsage(user=int(user), hard_tokens=fitted.tokens, soft_tokens=self._towers.user.length,
+                                   history_len=history_len, history_kept=max(fitted.kept, min(read, history_len))))
         return rows
 
     def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self._aligner.trainable())
+        return sum(p.numel() for p in self.parameters()) if self._ctx.options["trained"] else 0
+
+
+@register("ra-rec-noid")
+class RARecNoID(RARec):
+    description = "RA-Rec ablation: instruction prefixes only, no ID representations (plain prefix tuning)."
+    defaults = {**RARec.defaults, "ids": False}
+    in_all = False
+
+
+@register("ra-rec-input")
+class RARecInputOnly(RARec):
+    description = "RA-Rec ablation: ID and instruction prefixes as soft tokens at the input layer only."
+    defaults = {**RARec.defaults, "layers": "input"}
+    in_all = False
 
 
 @register("ra-rec-noinst")
@@ -290,8 +411,8 @@ class RARecNoInfoNCE(RARec):
     in_all = False
 
 
-@register("ra-rec-input")
-class RARecInputOnly(RARec):
-    description = "RA-Rec ablation: soft prompts at the input layer only."
-    defaults = {**RARec.defaults, "layers": "input"}
+@register("ra-rec-untrained")
+class RARecUntrained(RARec):
+    description = "RA-Rec at its initialisation, evaluated without training (shows what training adds)."
+    defaults = {**RARec.defaults, "trained": False}
     in_all = False

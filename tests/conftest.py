@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -34,3 +36,23 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def canary_data(tmp_path_factory, fixtures_dir):
+    """ml-slice with every user's validation item replaced by VALIDBIRD and test item by CANARY."""
+    root = tmp_path_factory.mktemp("canary-data")
+    frame = pd.read_csv(fixtures_dir / "ml-slice" / "ml-slice.inter", sep="\t", dtype=str)
+    frame.columns = ["user", "item", "rating", "time"]
+    frame = frame.iloc[np.lexsort((frame["time"].astype(float).to_numpy(), frame["user"].to_numpy()))]
+    position_from_end = frame.groupby("user").cumcount(ascending=False)
+    frame.loc[(position_from_end == 0).to_numpy(), "item"] = "CANARY"
+    frame.loc[(position_from_end == 1).to_numpy(), "item"] = "VALIDBIRD"
+    (root / "birds").mkdir()
+    frame[["user", "item", "time"]].to_csv(root / "birds" / "birds.inter", sep="\t", index=False,
+                                           header=["user_id:token", "item_id:token", "timestamp:float"])
+    items = pd.read_csv(fixtures_dir / "ml-slice" / "ml-slice.item", sep="\t", dtype=str)
+    extra = pd.DataFrame({items.columns[0]: ["CANARY", "VALIDBIRD"],
+                          items.columns[1]: ["Canary Movie", "Valid Bird Film"]})
+    pd.concat([items[items.columns[:2]], extra]).to_csv(root / "birds" / "birds.item", sep="\t", index=False)
+    return root

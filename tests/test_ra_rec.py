@@ -1,4 +1,5 @@
-"""RA-Rec mechanics on a tiny randomly initialised backbone (real tokenizer, real split, real encoder)."""
+"""RA-Rec mechanics on a tiny randomly initialised backbone (real tokenizer, real split, real encoder):
+the paper's architecture (``ra-rec`` and its variants) and the earlier reading (``ra-rec-items``)."""
 import numpy as np
 import pytest
 import torch
@@ -10,112 +11,158 @@ from bench.features import FeatureStore, FrozenLLM
 from bench.llm import ALIASES, Backbone, _package_file
 from bench.registry import Context
 from bench.split import build_split
-from bench.training import bpr_loss
-from paradigms.ra_rec import denoise, diversity_sample
+from bench.training import bpr_loss, validation_ndcg
+from paradigms.ra_rec import denoise, diversity_sample, info_nce
+from paradigms.ra_rec_items import RARecItems
+
+VARIANTS = ["ra-rec", "ra-rec-input", "ra-rec-items", "ra-rec-noid", "ra-rec-noinfonce", "ra-rec-noinst",
+            "ra-rec-untrained"]
 
 
-@pytest.fixture(scope="module")
-def setup(slice_overrides, cache_root):
-    cfg = load_config("smoke", overrides=[*slice_overrides, "train.epochs=1"])
-    split = build_split(cfg, cache_root)
-    encoder = encoders.load_or_train(split, cfg, cache_root)
-    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*ALIASES["minilm"])))
+def _tiny_llm(cache_root, tokenizer, fingerprint):
     torch.manual_seed(0)
     model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=37,
                                  vocab_size=tokenizer.vocab_size)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    backbone = Backbone("tiny-bert", model, tokenizer, is_decoder=False, fingerprint="tiny-bert-0")
-    llm = FrozenLLM(backbone, FeatureStore(backbone, cache_root, 64), FeatureStore(backbone, cache_root, 16), 64)
-    return cfg, split, encoder, llm
+    backbone = Backbone("tiny-bert", model, tokenizer, is_decoder=False, fingerprint=fingerprint)
+    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, 64), FeatureStore(backbone, cache_root, 16), 64)
 
 
-def _fit(setup, name="ra-rec", **options):
-    cfg, split, encoder, llm = setup
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(_package_file(*ALIASES["minilm"])))
+
+
+@pytest.fixture(scope="module")
+def setup(slice_overrides, cache_root, tokenizer):
+    cfg = load_config("smoke", overrides=[*slice_overrides, "train.epochs=1"])
+    split = build_split(cfg, cache_root)
+    encoder = encoders.load_or_train(split, cfg, cache_root)
+    return cfg, split, encoder, _tiny_llm(cache_root, tokenizer, "tiny-bert-0")
+
+
+def _fit(setup, name="ra-rec", encoder=None, **options):
+    cfg, split, shared_encoder, llm = setup
     cls = registry.get(name)
     opts = {**registry.options_for(cls, cfg), **options}
     paradigm = cls()
-    context = Context(config=cfg, options=opts, seed=0, device=torch.device("cpu"), cache_dir=None, encoder=encoder,
-                      llm=llm, generator=runner.seed_everything(0))
+    context = Context(config=cfg, options=opts, seed=0, device=torch.device("cpu"), cache_dir=None,
+                      encoder=encoder or shared_encoder, llm=llm, generator=runner.seed_everything(0))
     paradigm.fit(split, context)
     return paradigm
 
 
-def test_backbone_and_encoder_stay_bit_identical(setup):
+@pytest.mark.parametrize("name", ["ra-rec", "ra-rec-items"])
+def test_backbone_and_encoder_stay_bit_identical(setup, name):
     _, _, encoder, llm = setup
     before_llm = {k: v.clone() for k, v in llm.backbone.model.state_dict().items()}
     before_enc = {k: v.clone() for k, v in encoder.model.state_dict().items()}
-    paradigm = _fit(setup)
+    paradigm = _fit(setup, name)
     assert all(torch.equal(before_llm[k], v) for k, v in llm.backbone.model.state_dict().items())
     assert all(torch.equal(before_enc[k], v) for k, v in encoder.model.state_dict().items())
     assert paradigm.info["epochs"] == 1 and paradigm.trainable_parameters() > 0
+    assert paradigm.info["history"][0]["epoch"] == 0  # the starting point was validated
 
 
-def test_gradients_reach_exactly_projectors_and_instruction(setup):
+def test_gradients_reach_exactly_the_prefixes_of_both_towers(setup):
     _, split, _, llm = setup
     paradigm = _fit(setup)
-    trainable = paradigm._aligner.trainable()
-    assert {id(p) for p in trainable} == {id(paradigm._aligner.projectors.weight),
-                                          id(paradigm._aligner.projectors.bias), id(paradigm._aligner.instruction)}
-    user = paradigm.sample_vectors(torch.tensor([0, 1]))
-    items = paradigm.item_vectors(torch.tensor([1, 2]))
-    (bpr_loss(user, items, items) + paradigm._infonce(torch.tensor([1, 2]), items)).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    towers = paradigm._towers
+    expected = {towers.user.projector.weight, towers.user.projector.bias, towers.user.instruction,
+                towers.item.projector.weight, towers.item.projector.bias, towers.item.instruction}
+    assert {id(p) for p in paradigm.parameters()} == {id(p) for p in expected}
+    user, user_rows = paradigm.sample_vectors(torch.tensor([0, 1, 2]), aux=True)
+    items, item_rows = paradigm.item_vectors(torch.tensor([1, 2, 3]), aux=True)
+    assert user_rows.shape == (3,) and item_rows.shape == (3,) and (user_rows > 0).all()
+    (bpr_loss(user, items, items) + user_rows.mean() + item_rows.mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in expected)
     assert all(p.grad is None for p in llm.backbone.model.parameters())
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2])
-def test_changing_one_layers_projector_changes_the_output(setup, layer):
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_each_layers_id_projection_changes_the_output(setup, layer, side):
     paradigm = _fit(setup)
-    aligner = paradigm._aligner
-    soft, hard = [[5, 6, 7]], [paradigm._hard]
+    towers = paradigm._towers
+    reps, tokens = torch.randn(2, paradigm._item_reps.shape[1]), [[101, 2000, 2001, 102], [101, 2002, 102]]
     with torch.no_grad():
-        before = aligner(soft, hard)
-        aligner.projectors.bias[layer] += 1.0
-        after = aligner(soft, hard)
-    assert not torch.allclose(before, after), f"layer {layer} had no effect"
+        before = towers(side, reps, tokens)
+        getattr(towers, side).projector.bias[layer] += 1.0
+        after = towers(side, reps, tokens)
+    assert not torch.allclose(before, after), f"{side} layer {layer} had no effect"
 
 
-def test_prompt_positions_match_token_accounting(setup):
-    _, split, _, llm = setup
+def test_the_user_representation_reaches_the_user_vector(setup):
     paradigm = _fit(setup)
-    for row in paradigm.token_usage(split.users[:10], "test"):
-        soft = paradigm.soft_history(split.history(row.user, "test"))
-        _, _, mask = paradigm._aligner.layout([soft], [paradigm._hard])
-        assert int(mask.sum()) == row.hard_tokens + row.soft_tokens
-        assert row.soft_tokens == 4 + row.history_kept and row.hard_tokens == len(paradigm._hard)
-        assert row.hard_tokens + row.soft_tokens <= llm.token_budget
-        assert soft == [int(i) for i in split.history(row.user, "test")[-row.history_kept:]]
+    reps = paradigm._sample_reps[:2]
+    tokens = paradigm._tokens("sample", torch.tensor([0, 0]))
+    with torch.no_grad():
+        vectors = paradigm._towers("user", reps, tokens)  # same prompt, two users' representations
+    assert not torch.allclose(vectors[0], vectors[1])
 
 
-def test_one_optimisation_step_lowers_the_loss_on_that_batch(setup):
-    paradigm = _fit(setup, infonce_weight=0.0)
-    optimizer = torch.optim.Adam(paradigm.parameters(), lr=1e-2)
-    samples, items = torch.arange(8), torch.tensor(paradigm._split.train_items[:8])
-    negatives = torch.arange(1, 20)
+def test_prompts_and_token_accounting(setup):
+    cfg, split, encoder, llm = setup
+    paradigm = _fit(setup)
+    rows = paradigm.token_usage(split.users, "test")
+    for row in rows:
+        fitted, tokens = paradigm._stage_prompts["test"][row.user - 1]
+        assert row.hard_tokens == len(tokens) == fitted.tokens <= paradigm._ctx.options["prompt_tokens"]
+        assert row.soft_tokens == 4 + 1  # instruction vectors + the projected user representation, per layer
+        assert row.history_kept == max(fitted.kept, min(encoder.max_seq_len, row.history_len))
+        history = split.history(row.user, "test")
+        titles = [split.titles[int(i)] or "an untitled item" for i in history[::-1][:fitted.kept]]
+        assert fitted.text.endswith("; ".join(titles))
+    noid = _fit(setup, "ra-rec-noid")
+    for row in noid.token_usage(split.users, "test"):  # without IDs, only the titles carry history
+        assert row.soft_tokens == 4 and row.history_kept == noid._stage_prompts["test"][row.user - 1][0].kept
 
-    def loss():
-        return bpr_loss(paradigm.sample_vectors(samples), paradigm.item_vectors(items),
-                        paradigm.item_vectors(negatives))
 
-    first = loss()
-    optimizer.zero_grad()
-    first.backward()
-    optimizer.step()
-    assert loss().item() < first.item()
-
-
-def test_ablations_are_variants_of_the_same_class(setup):
-    for name in ("ra-rec-noinst", "ra-rec-noinfonce", "ra-rec-input"):
-        assert issubclass(registry.get(name), registry.get("ra-rec")) and not registry.get(name).in_all
-    assert [c.name for c in registry.resolve("ra-rec*")] == ["ra-rec", "ra-rec-input", "ra-rec-noinfonce",
-                                                             "ra-rec-noinst"]
+def test_variants_are_the_same_family_with_other_defaults(setup):
+    assert [c.name for c in registry.resolve("ra-rec*")] == VARIANTS
+    assert all(not registry.get(n).in_all for n in VARIANTS[1:]) and registry.get("ra-rec").in_all
+    noid = _fit(setup, "ra-rec-noid")
+    assert noid._towers.user.projector is None and noid._towers.user.instruction is not None
     noinst = _fit(setup, "ra-rec-noinst")
-    assert noinst._aligner.instruction is None
-    assert noinst.token_usage(noinst._split.users[:1], "test")[0].soft_tokens == noinst.token_usage(
-        noinst._split.users[:1], "test")[0].history_kept
+    assert noinst._towers.user.instruction is None and noinst._towers.user.length == 1
     input_only = _fit(setup, "ra-rec-input")
-    assert input_only._aligner.projectors.weight.shape[0] == 1
+    assert input_only._towers.user.projector.weight.shape[0] == 1 and not input_only._towers.every_layer
+    untrained = _fit(setup, "ra-rec-untrained")
+    assert untrained.info == {"trained": False, "samples": untrained.info["samples"]}
+    assert untrained.trainable_parameters() == 0
+    full = _fit(setup)  # its epoch 0 is exactly the untrained variant (same seed, same initialisation)
+    untrained._users["valid"] = untrained._user_vectors("valid")
+    start = validation_ndcg(setup[1], untrained.score, 64)
+    assert full.info["history"][0]["valid_ndcg@10"] == pytest.approx(start, abs=1e-12)
+
+
+def test_info_nce_prefers_the_own_text_and_ignores_duplicate_prompts():
+    text = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(0))
+    aligned = info_nce(text * 3, text, torch.tensor([1, 2, 3, 4]), 0.1)
+    shuffled = info_nce(text[:, [1, 0, 3, 2]], text, torch.tensor([1, 2, 3, 4]), 0.1)
+    assert aligned.shape == (4,) and (aligned < shuffled).all()
+    duplicate = info_nce(text[:, [0, 0, 2, 3]], text[:, [0, 0, 2, 3]], torch.tensor([7, 7, 8, 9]), 0.1)
+    assert duplicate[0] < 0.05  # the other copy of the same prompt is not a negative
+
+
+def test_cosine_similarity_is_blind_to_the_backbone_output_scale(setup):
+    paradigm = _fit(setup, similarity="cosine", score_temperature=0.25)
+    samples, items = torch.arange(4), torch.arange(1, 6)
+    with torch.no_grad():
+        user, item = paradigm.sample_vectors(samples), paradigm.item_vectors(items)
+        assert torch.allclose(user.norm(dim=-1), torch.full((4,), 2.0))  # |v| = 1 / sqrt(temperature)
+        scores = user @ item.T
+        backbone = paradigm._towers.backbone
+        pool = backbone.pool
+        backbone.pool = lambda hidden, mask: 1000.0 * pool(hidden, mask)  # huge hidden norms
+        try:
+            assert torch.allclose(paradigm.sample_vectors(samples) @ paradigm.item_vectors(items).T, scores,
+                                  atol=1e-5)
+        finally:
+            backbone.pool = pool
+    with pytest.raises(Exception, match="similarity must be 'dot' or 'cosine'"):
+        _fit(setup, similarity="l2")
 
 
 def test_training_sample_selection(setup):
@@ -133,21 +180,105 @@ def test_training_sample_selection(setup):
     assert keep.dtype == bool and len(keep) == 2
 
 
-def test_cosine_similarity_is_blind_to_the_backbone_output_scale(setup):
-    paradigm = _fit(setup, similarity="cosine", score_temperature=0.25)
-    samples, items = torch.arange(4), torch.arange(1, 6)
+# -- ra-rec-items: the earlier reading (one soft vector per history item, hidden states overwritten) ----------
+def test_items_reading_gradients_reach_exactly_projectors_and_instruction(setup):
+    _, split, _, llm = setup
+    paradigm = _fit(setup, "ra-rec-items")
+    trainable = paradigm._aligner.trainable()
+    assert {id(p) for p in trainable} == {id(paradigm._aligner.projectors.weight),
+                                          id(paradigm._aligner.projectors.bias), id(paradigm._aligner.instruction)}
+    user = paradigm.sample_vectors(torch.tensor([0, 1]))
+    items = paradigm.item_vectors(torch.tensor([1, 2]))
+    (bpr_loss(user, items, items) + paradigm._infonce(torch.tensor([1, 2]), items)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    assert all(p.grad is None for p in llm.backbone.model.parameters())
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_items_reading_changing_one_layers_projector_changes_the_output(setup, layer):
+    paradigm = _fit(setup, "ra-rec-items")
+    aligner = paradigm._aligner
+    soft, hard = [[5, 6, 7]], [paradigm._hard]
     with torch.no_grad():
-        user, item = paradigm.sample_vectors(samples), paradigm.item_vectors(items)
-        assert torch.allclose(user.norm(dim=-1), torch.full((4,), 2.0))  # |v| = 1 / sqrt(temperature)
-        scores = user @ item.T
-        assert scores.abs().max() <= 4.0 + 1e-5  # cosine / 0.25
-        aligner = paradigm._aligner
-        scale = aligner.backbone.pool
-        aligner.backbone.pool = lambda hidden, mask: 1000.0 * scale(hidden, mask)  # huge hidden norms
-        try:
-            assert torch.allclose(paradigm.sample_vectors(samples) @ paradigm.item_vectors(items).T, scores,
-                                  atol=1e-5)
-        finally:
-            aligner.backbone.pool = scale
-    with pytest.raises(Exception, match="similarity must be 'dot' or 'cosine'"):
-        _fit(setup, similarity="l2")
+        before = aligner(soft, hard)
+        aligner.projectors.bias[layer] += 1.0
+        after = aligner(soft, hard)
+    assert not torch.allclose(before, after), f"layer {layer} had no effect"
+
+
+def test_items_reading_prompt_positions_match_token_accounting(setup):
+    _, split, _, llm = setup
+    paradigm = _fit(setup, "ra-rec-items")
+    for row in paradigm.token_usage(split.users[:10], "test"):
+        soft = paradigm.soft_history(split.history(row.user, "test"))
+        _, _, mask = paradigm._aligner.layout([soft], [paradigm._hard])
+        assert int(mask.sum()) == row.hard_tokens + row.soft_tokens
+        assert row.soft_tokens == 4 + row.history_kept and row.hard_tokens == len(paradigm._hard)
+        assert row.hard_tokens + row.soft_tokens <= llm.token_budget
+        assert soft == [int(i) for i in split.history(row.user, "test")[-row.history_kept:]]
+
+
+def test_items_reading_one_optimisation_step_lowers_the_loss_on_that_batch(setup):
+    paradigm = _fit(setup, "ra-rec-items", infonce_weight=0.0)
+    optimizer = torch.optim.Adam(paradigm.parameters(), lr=1e-2)
+    samples, items = torch.arange(8), torch.tensor(paradigm._split.train_items[:8])
+    negatives = torch.arange(1, 20)
+
+    def loss():
+        return bpr_loss(paradigm.sample_vectors(samples), paradigm.item_vectors(items),
+                        paradigm.item_vectors(negatives))
+
+    first = loss()
+    optimizer.zero_grad()
+    first.backward()
+    optimizer.step()
+    assert loss().item() < first.item()
+
+
+# -- leaks -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def birds(canary_data, cache_root, tokenizer):
+    cfg = load_config("smoke", overrides=[{"data": {"dataset": "birds", "data_dir": str(canary_data)},
+                                           "cache_dir": str(cache_root)}, "train.epochs=1"])
+    split = build_split(cfg, cache_root)
+    encoder = encoders.load_or_train(split, cfg, cache_root)
+    return cfg, split, encoder, _tiny_llm(cache_root, tokenizer, "tiny-bert-birds")
+
+
+def _spied_encoder(birds, cache_root):
+    """A fresh copy of the birds encoder whose user representations record every history they are given."""
+    cfg, split, _, _ = birds
+    encoder = encoders.load_or_train(split, cfg, cache_root)
+    seen = []
+    original = encoder.user_representations
+
+    def spy(histories, *args, **kwargs):
+        seen.append([np.asarray(h).tolist() for h in histories])
+        return original(histories, *args, **kwargs)
+
+    encoder.user_representations = spy
+    return encoder, seen
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_no_validation_or_test_item_reaches_training_inputs(birds, cache_root, name):
+    _, split, _, _ = birds
+    canary, validbird = (int(np.flatnonzero(split.item_ids == raw)[0]) for raw in ("CANARY", "VALIDBIRD"))
+    encoder, seen = _spied_encoder(birds, cache_root)
+    paradigm = _fit(birds, name, encoder=encoder)
+    if isinstance(paradigm, RARecItems):
+        users, lengths = paradigm._samples
+        training = [paradigm.soft_history(split.train_history(int(u))[:int(n)]) for u, n in zip(users, lengths)]
+        stage = {st: [paradigm.soft_history(split.history(int(u), st)) for u in split.users] for st in ("valid", "test")}
+        assert all(canary not in h and validbird not in h for h in training + stage["valid"])
+        assert all(canary not in h and h.count(validbird) == 1 for h in stage["test"])
+        return
+    texts = [p[0].text for p in paradigm._sample_prompts]
+    valid_texts = [p[0].text for p in paradigm._stage_prompts["valid"]]
+    test_texts = [p[0].text for p in paradigm._stage_prompts["test"]]
+    assert texts and all("Canary" not in t and "Valid Bird" not in t for t in texts + valid_texts)
+    assert all("Canary" not in t and t.count("Valid Bird") == 1 for t in test_texts)
+    training_histories, valid_histories, test_histories = seen  # samples first, then one call per stage
+    assert len(training_histories) == len(texts)
+    assert all(canary not in h and validbird not in h for h in training_histories + valid_histories)
+    assert all(canary not in h and h.count(validbird) == 1 for h in test_histories)

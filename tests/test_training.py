@@ -1,0 +1,97 @@
+"""The shared BPR loop: the starting point is validated first, the best parameters are restored, and
+micro-batched steps give the whole batch's gradients."""
+import numpy as np
+import pytest
+import torch
+
+from bench.config import load_config
+from bench.training import _chunked_step, _step, train_bpr
+
+
+class LinearTask(torch.nn.Module):
+    """Towers of two embedding tables; validation is scripted (a list of scores, one per call)."""
+
+    def __init__(self, n_samples=40, n_items=30, dim=8, row_aux=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.users = torch.nn.Embedding(n_samples, dim)
+        self.items = torch.nn.Embedding(n_items, dim)
+        self.row_aux = row_aux
+
+    def sample_vectors(self, samples, aux=False):
+        vectors = self.users(samples)
+        return (vectors, vectors.pow(2).sum(-1)) if aux else vectors
+
+    def item_vectors(self, items, aux=False):
+        vectors = self.items(items)
+        return (vectors, 0.5 * vectors.abs().sum(-1)) if aux else vectors
+
+
+def _cfg(epochs=5, stopping=2, batch=16):
+    return load_config("default", overrides=[f"train.epochs={epochs}", f"train.stopping_step={stopping}",
+                                             f"train.batch_size={batch}"])
+
+
+def _scripted(scores):
+    calls = iter(scores)
+    return lambda: next(calls)
+
+
+def test_initialisation_is_kept_when_no_epoch_beats_it():
+    task = LinearTask()
+    start = [p.detach().clone() for p in task.parameters()]
+    info = train_bpr(task, np.arange(40) % 29 + 1, 30, _cfg(), torch.Generator().manual_seed(0),
+                     _scripted([0.5, 0.4, 0.3]))
+    assert info["best_epoch"] == 0 and info["epochs"] == 2 and info["best_valid_ndcg@10"] == 0.5
+    assert info["history"][0] == {"epoch": 0, "loss": None, "valid_ndcg@10": 0.5}
+    assert all(torch.equal(a, b) for a, b in zip(start, task.parameters()))
+
+
+def test_best_epoch_is_restored_and_patience_stops_training():
+    task = LinearTask()
+    snapshots = []
+
+    def validate(scores=iter([0.1, 0.2, 0.6, 0.5, 0.4, 0.9])):
+        snapshots.append([p.detach().clone() for p in task.parameters()])
+        return next(scores)
+
+    info = train_bpr(task, np.arange(40) % 29 + 1, 30, _cfg(epochs=5), torch.Generator().manual_seed(0), validate)
+    assert info["epochs"] == 4 and info["best_epoch"] == 2  # epochs 3 and 4 were worse: stopped before epoch 5
+    assert all(torch.equal(a, b) for a, b in zip(snapshots[2], task.parameters()))
+    assert [h["epoch"] for h in info["history"]] == [0, 1, 2, 3, 4]
+
+
+def test_zero_epochs_only_validates_the_start():
+    info = train_bpr(LinearTask(), np.arange(40) % 29 + 1, 30, _cfg(epochs=0), torch.Generator(), lambda: 0.25)
+    assert info["epochs"] == 0 and info["best_epoch"] == 0 and len(info["history"]) == 1
+
+
+@pytest.mark.parametrize("row_aux", [False, True])
+def test_micro_batched_step_gives_the_whole_batch_gradient(row_aux):
+    task = LinearTask(row_aux=row_aux)
+    samples, positives, negatives = torch.arange(16), torch.arange(1, 17) % 29 + 1, torch.tensor([3, 5, 7, 9, 11])
+    whole = _step(task, samples, positives, negatives, None)
+    expected = [p.grad.clone() for p in task.parameters()]
+    task.zero_grad()
+    chunked = _chunked_step(task, samples, positives, negatives, step=5)
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    for grad, p in zip(expected, task.parameters()):
+        assert torch.allclose(grad, p.grad, atol=1e-6)
+
+
+def test_learning_rate_override_and_warm_up():
+    task = LinearTask()
+    seen = []
+    original = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    torch.optim.Adam.step = spy
+    try:
+        train_bpr(task, np.arange(40) % 29 + 1, 30, _cfg(epochs=1), torch.Generator().manual_seed(0),
+                  lambda: 0.0, learning_rate=0.04, warmup_steps=3)
+    finally:
+        torch.optim.Adam.step = original
+    assert seen == pytest.approx([0.01, 0.02, 0.03])  # 3 batches of 16 over 40 samples, still warming up
