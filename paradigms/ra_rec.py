@@ -257,7 +257,7 @@ class RARec(Paradigm):
         "infonce_weight": 0.1,      # lambda of InfoNCE_user + InfoNCE_item (0 = off)
         "temperature": 0.1,         # InfoNCE temperature
         "l2": 0.0,                  # weight of the squared norm of the projected ID prefixes
-        "learning_rate": None,      # float|null: learning rate of the prefixes (null = train.learning_rate)
+        "learning_rate": 0.01,      # float|null: learning rate of the prefixes (null = train.learning_rate)
         "warmup_steps": 0,          # optimiser steps of linear learning-rate warm-up
         "similarity": "dot",        # two-tower score: dot (raw pooled outputs) or cosine / score_temperature
         "score_temperature": 0.1,
