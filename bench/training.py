@@ -78,7 +78,8 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
     The starting point is validated first (epoch 0), so when no epoch beats it the initial parameters are kept.
     ``extra_loss(items, item_vectors)``, if given, is added to every batch's loss (it receives the batch's target
     items and their vectors). A task with ``micro_batch`` set is run in micro-batches (see :func:`_chunked_step`)
-    and may add per-row auxiliary losses (``row_aux = True``). ``learning_rate`` overrides ``train.learning_rate``
+    and may add per-row auxiliary losses (``row_aux = True``: its vector methods then also take ``aux=``, the
+    whole batch's ids, and return ``(vectors, row losses)``). ``learning_rate`` overrides ``train.learning_rate``
     (a paradigm option); the rate rises linearly over the first ``warmup_steps`` optimiser steps.
     Returns epochs trained, the best epoch and its validation score, seconds and the per-epoch history.
     """
@@ -132,8 +133,8 @@ def _step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch
             raise ValueError("extra_loss cannot be combined with micro_batch; return row losses (row_aux)")
         return _chunked_step(task, samples, positives, negatives, step)
     aux = getattr(task, "row_aux", False)
-    user, user_aux = _vectors(task.sample_vectors, samples, aux)
-    positive, item_aux = _vectors(task.item_vectors, positives, aux)
+    user, user_aux = _vectors(task.sample_vectors, samples, samples if aux else None)
+    positive, item_aux = _vectors(task.item_vectors, positives, positives if aux else None)
     loss = bpr_loss(user, positive, task.item_vectors(negatives))
     if aux:
         loss = loss + user_aux.mean() + item_aux.mean()
@@ -143,8 +144,10 @@ def _step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch
     return loss.item()
 
 
-def _vectors(fn: Callable, ids: torch.Tensor, aux: bool):
-    return fn(ids, aux=True) if aux else (fn(ids), None)
+def _vectors(fn: Callable, ids: torch.Tensor, batch: torch.Tensor | None):
+    """``fn(ids)``, or with ``batch`` (the whole batch's ids, of which ``ids`` is a part) the pair
+    ``(vectors, row losses)`` from ``fn(ids, aux=batch)``."""
+    return fn(ids, aux=batch) if batch is not None else (fn(ids), None)
 
 
 def _chunked_step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
@@ -166,7 +169,7 @@ def _chunked_step(task, samples: torch.Tensor, positives: torch.Tensor, negative
     total = loss.item()
     for (fn, ids, with_aux), leaf in zip(parts, leaves):
         for i in range(0, len(ids), step):
-            vectors, rows = _vectors(fn, ids[i:i + step], with_aux)
+            vectors, rows = _vectors(fn, ids[i:i + step], ids if with_aux else None)
             surrogate = (vectors * leaf.grad[i:i + step]).sum()
             if with_aux:
                 row_loss = rows.sum() / len(ids)

@@ -100,6 +100,16 @@ def select_samples(split: Split, opts: dict, seed: int, users: np.ndarray, lengt
     return users, lengths, targets
 
 
+#: Activation budget of one backbone pass, in (sequences x tokens x layers x width): 64 prompts of 32 tokens
+#: through MiniLM (6 x 384). A training pass keeps about 50 bytes per unit for the backward pass.
+MICRO_BATCH_UNITS = 64 * 32 * 6 * 384
+
+
+def auto_micro_batch(backbone, prompt_tokens: int) -> int:
+    """Sequences per backbone pass so that one pass stays within :data:`MICRO_BATCH_UNITS`."""
+    return max(1, MICRO_BATCH_UNITS // (prompt_tokens * backbone.n_layers * backbone.width))
+
+
 class _Prefix(torch.nn.Module):
     """One tower's trainable prefix per injected layer: ``m`` instruction vectors, then the projected ID
     representation (when ``with_ids``). ``forward(reps [b, d_e]) -> [L', b, P, d]`` (None when P = 0)."""
@@ -137,13 +147,17 @@ class _Towers(torch.nn.Module):
         super().__init__()
         if options["layers"] not in ("all", "input"):
             raise BenchError(f"paradigms.ra-rec.layers must be 'all' or 'input', got {options['layers']!r}")
-        if options["similarity"] not in ("dot", "cosine"):
-            raise BenchError(f"paradigms.ra-rec.similarity must be 'dot' or 'cosine', got {options['similarity']!r}")
+        similarity = options["similarity"]
+        if similarity == "auto":
+            similarity = "cosine" if backbone.is_decoder else "dot"
+        if similarity not in ("dot", "cosine"):
+            raise BenchError(f"paradigms.ra-rec.similarity must be auto, dot or cosine, got {similarity!r}")
         self.backbone, self.every_layer = backbone, options["layers"] == "all"
         n = backbone.n_layers if self.every_layer else 1
         shape = (n, id_dim, backbone.width, options["instruction_len"], options["rank"], options["ids"])
         self.user, self.item = _Prefix(*shape), _Prefix(*shape)
-        self.cosine_scale = options["score_temperature"] ** -0.5 if options["similarity"] == "cosine" else None
+        self.similarity = similarity
+        self.cosine_scale = options["score_temperature"] ** -0.5 if similarity == "cosine" else None
         self.to(backbone.device)
 
     def calibrate(self, texts: list[str], user_reps: torch.Tensor, item_reps: torch.Tensor) -> None:
@@ -208,15 +222,22 @@ def _pad(tokens: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch
     return ids.to(device), mask.to(device)
 
 
-def info_nce(hybrid: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row InfoNCE ``[b]``, averaged over layers: row r's hybrid state ``hybrid[l, r]`` ([L, b, d]) must
-    pick its own text-only state ``text[l, r]`` among the batch's; rows with the same ``keys[r]`` (the same
-    prompt) are not each other's negatives."""
+def info_nce(hybrid: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, batch_keys: torch.Tensor,
+             temperature: float) -> torch.Tensor:
+    """Per-row InfoNCE ``[b]``, averaged over layers.
+
+    Row r's hybrid state ``hybrid[l, r]`` ([L, b, d]) must pick its own prompt's text-only state among the whole
+    batch's ``text`` ([L, B, d], one per ``batch_keys``); ``keys`` ([b]) names each row's prompt. Repeats of the
+    same prompt in the batch are not negatives. The text states are constants, so a batch processed in parts
+    gets exactly the whole batch's loss.
+    """
     logits = torch.einsum("lbd,lcd->lbc", F.normalize(hybrid, dim=-1), F.normalize(text.to(hybrid), dim=-1))
-    same = (keys.view(-1, 1) == keys.view(1, -1)) & ~torch.eye(len(keys), dtype=torch.bool, device=keys.device)
-    logits = (logits / temperature).masked_fill(same.to(logits.device), float("-inf"))
+    same = keys.view(-1, 1) == batch_keys.view(1, -1).to(keys.device)                    # [b, B]
+    own = same.int().argmax(dim=1)                                                       # first match
+    repeat = same & (torch.arange(same.shape[1], device=same.device).view(1, -1) != own.view(-1, 1))
+    logits = (logits / temperature).masked_fill(repeat.to(logits.device), float("-inf"))
     rows = torch.arange(len(keys), device=logits.device)
-    return -logits.log_softmax(-1)[:, rows, rows].mean(0)
+    return -logits.log_softmax(-1)[:, rows, own.to(logits.device)].mean(0)
 
 
 class _TextOnly:
@@ -259,14 +280,16 @@ class RARec(Paradigm):
         "l2": 0.0,                  # weight of the squared norm of the projected ID prefixes
         "learning_rate": 0.01,      # float|null: learning rate of the prefixes (null = train.learning_rate)
         "warmup_steps": 0,          # optimiser steps of linear learning-rate warm-up
-        "similarity": "dot",        # two-tower score: dot (raw pooled outputs) or cosine / score_temperature
-        "score_temperature": 0.1,
+        "similarity": "auto",       # two-tower score: dot (raw pooled outputs), cosine / score_temperature, or
+        "score_temperature": 0.1,   #   auto: dot for encoders, cosine for decoders (last-token states have large
+                                    #   norms: dot-product BPR losses start near 100 on SmolLM2)
         "prompt_tokens": 32,        # int|null: cap on the hard prompt's tokens (null = llm.token_budget)
         "hard_prompt": "Recommend the next item for this user.",
         "denoise": False,           # drop samples whose target title shares no word with the history titles
         "diversity": False,         # sample evenly over history-length x target-popularity buckets
         "train_fraction": 1.0,      # share of the training samples to train on
-        "micro_batch": 64,          # sequences per backbone pass (training and evaluation)
+        "micro_batch": None,        # int|null: sequences per backbone pass (training and evaluation); null = as
+                                    #   many as fit MiniLM's 64 x 32 tokens x 6 layers x 384 wide (SmolLM2: 8)
         "trained": True,            # False: evaluate the initialisation without training
     }
     row_aux = True
@@ -274,7 +297,7 @@ class RARec(Paradigm):
     def fit(self, split: Split, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options
         backbone, encoder = context.llm.backbone, context.encoder
-        self.micro_batch = opts["micro_batch"]
+        self.micro_batch = opts["micro_batch"] or auto_micro_batch(backbone, self._prompt_budget())
         self._item_reps = encoder.item_embeddings.float()
         self._towers = _Towers(backbone, self._item_reps.shape[1], opts)
         self._item_tokens = self._tokenize([split.titles[i] or UNTITLED for i in range(split.n_items)],
@@ -292,12 +315,13 @@ class RARec(Paradigm):
         towers = self._towers
         self._text = {"sample": _TextOnly(len(targets), lambda s: towers.text_only(self._tokens("sample", s))),
                       "item": _TextOnly(split.n_items, lambda i: towers.text_only(self._tokens("item", i)))}
-        self.info = {"trained": False, "samples": int(len(targets))}
+        self.info = {"trained": False, "samples": int(len(targets)), "micro_batch": self.micro_batch,
+                     "similarity": self._towers.similarity}
         if opts["trained"]:
             info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
                              context.progress, desc=f"{self.name} fit", learning_rate=opts["learning_rate"],
                              warmup_steps=opts["warmup_steps"])
-            self.info = {**info, "trained": True, "samples": int(len(targets))}
+            self.info = {**info, **self.info, "trained": True}
         self._items = self._item_vectors()
         self._users = {stage: self._user_vectors(stage) for stage in STAGES}
 
@@ -307,11 +331,15 @@ class RARec(Paradigm):
     def _prompt(self, history: np.ndarray):
         """The hard prompt of a history: instruction, then titles most recent first, within the token budget."""
         split, opts, llm = self._split, self._ctx.options, self._ctx.llm
-        budget = min(llm.token_budget, opts["prompt_tokens"] or llm.token_budget)
+        budget = self._prompt_budget()
         titles = [split.titles[int(i)] or UNTITLED for i in history[::-1]]
         render = lambda kept: f"{opts['hard_prompt']} The user bought: {'; '.join(kept)}"  # noqa: E731
         fitted = fit_prompt(render, titles, llm.backbone.count_tokens, budget)
         return fitted, self._tokenize([fitted.text], budget)[0]
+
+    def _prompt_budget(self) -> int:
+        llm = self._ctx.llm
+        return min(llm.token_budget, self._ctx.options["prompt_tokens"] or llm.token_budget)
 
     def _tokens(self, kind: str, index: torch.Tensor) -> list[list[int]]:
         if kind == "sample":
@@ -322,24 +350,25 @@ class RARec(Paradigm):
     def parameters(self):
         return [p for p in self._towers.parameters() if p.requires_grad]
 
-    def sample_vectors(self, samples: torch.Tensor, aux: bool = False):
-        return self._side("user", self._sample_reps[samples], self._tokens("sample", samples), samples,
-                          "sample" if aux else None)
+    def sample_vectors(self, samples: torch.Tensor, aux: torch.Tensor | None = None):
+        return self._side("user", self._sample_reps[samples], self._tokens("sample", samples), samples, aux)
 
-    def item_vectors(self, items: torch.Tensor, aux: bool = False):
+    def item_vectors(self, items: torch.Tensor, aux: torch.Tensor | None = None):
         return self._side("item", self._item_reps[items.to(self._item_reps.device)], self._tokens("item", items),
-                          items, "item" if aux else None)
+                          items, aux)
 
-    def _side(self, side: str, reps: torch.Tensor, tokens: list[list[int]], keys: torch.Tensor, aux: str | None):
-        """Vectors of one tower; with ``aux``, also each row's auxiliary loss (InfoNCE over layers, L2)."""
+    def _side(self, side: str, reps: torch.Tensor, tokens: list[list[int]], keys: torch.Tensor,
+              batch: torch.Tensor | None):
+        """Vectors of one tower; with ``batch`` (the whole batch's ids), also each row's auxiliary loss
+        (InfoNCE over layers against the batch's text-only states, L2)."""
         opts = self._ctx.options
-        if aux is None:
+        if batch is None:
             return self._towers(side, reps, tokens)
         vectors, layers = self._towers(side, reps, tokens, layers=True)
         rows = torch.zeros(len(tokens), device=vectors.device)
         if opts["infonce_weight"] > 0:
-            rows = rows + opts["infonce_weight"] * info_nce(layers, self._text[aux](keys), keys.to(layers.device),
-                                                            opts["temperature"])
+            text = self._text["sample" if side == "user" else "item"](batch)
+            rows = rows + opts["infonce_weight"] * info_nce(layers, text, keys, batch, opts["temperature"])
         prefix = getattr(self._towers, side).projector
         if opts["l2"] > 0 and prefix is not None:
             rows = rows + opts["l2"] * prefix(reps).pow(2).sum(dim=(0, 2))
@@ -349,7 +378,7 @@ class RARec(Paradigm):
     @torch.no_grad()
     def _batched(self, side: str, reps: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
         """[1 + len(tokens), d] vectors in micro-batches (row 0: padding, zeros)."""
-        step, rows = self._ctx.options["micro_batch"], [torch.zeros(1, self._ctx.llm.backbone.width)]
+        step, rows = self.micro_batch, [torch.zeros(1, self._ctx.llm.backbone.width)]
         for start in range(0, len(tokens), step):
             rows.append(self._towers(side, reps[start:start + step], tokens[start:start + step]).cpu())
         return torch.cat(rows)

@@ -72,8 +72,9 @@ def test_gradients_reach_exactly_the_prefixes_of_both_towers(setup):
     expected = {towers.user.projector.weight, towers.user.projector.bias, towers.user.instruction,
                 towers.item.projector.weight, towers.item.projector.bias, towers.item.instruction}
     assert {id(p) for p in paradigm.parameters()} == {id(p) for p in expected}
-    user, user_rows = paradigm.sample_vectors(torch.tensor([0, 1, 2]), aux=True)
-    items, item_rows = paradigm.item_vectors(torch.tensor([1, 2, 3]), aux=True)
+    samples, items = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])
+    user, user_rows = paradigm.sample_vectors(samples, aux=samples)
+    items, item_rows = paradigm.item_vectors(items, aux=items)
     assert user_rows.shape == (3,) and item_rows.shape == (3,) and (user_rows > 0).all()
     (bpr_loss(user, items, items) + user_rows.mean() + item_rows.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in expected)
@@ -129,7 +130,7 @@ def test_variants_are_the_same_family_with_other_defaults(setup):
     input_only = _fit(setup, "ra-rec-input")
     assert input_only._towers.user.projector.weight.shape[0] == 1 and not input_only._towers.every_layer
     untrained = _fit(setup, "ra-rec-untrained")
-    assert untrained.info == {"trained": False, "samples": untrained.info["samples"]}
+    assert untrained.info["trained"] is False and "history" not in untrained.info
     assert untrained.trainable_parameters() == 0
     full = _fit(setup)  # its epoch 0 is exactly the untrained variant (same seed, same initialisation)
     untrained._users["valid"] = untrained._user_vectors("valid")
@@ -137,13 +138,16 @@ def test_variants_are_the_same_family_with_other_defaults(setup):
     assert full.info["history"][0]["valid_ndcg@10"] == pytest.approx(start, abs=1e-12)
 
 
-def test_info_nce_prefers_the_own_text_and_ignores_duplicate_prompts():
+def test_info_nce_prefers_the_own_text_ignores_repeats_and_is_the_same_for_part_of_a_batch():
     text = torch.randn(2, 4, 64, generator=torch.Generator().manual_seed(0))
-    aligned = info_nce(text * 3, text, torch.tensor([1, 2, 3, 4]), 0.1)
-    shuffled = info_nce(text[:, [1, 0, 3, 2]], text, torch.tensor([1, 2, 3, 4]), 0.1)
+    keys = torch.tensor([1, 2, 3, 4])
+    aligned = info_nce(text * 3, text, keys, keys, 0.1)
+    shuffled = info_nce(text[:, [1, 0, 3, 2]], text, keys, keys, 0.1)
     assert aligned.shape == (4,) and (aligned < shuffled).all()
-    duplicate = info_nce(text[:, [0, 0, 2, 3]], text[:, [0, 0, 2, 3]], torch.tensor([7, 7, 8, 9]), 0.1)
-    assert duplicate[0] < 0.05  # the other copy of the same prompt is not a negative
+    assert torch.allclose(info_nce(text[:, 2:] * 3, text, keys[2:], keys, 0.1), aligned[2:])
+    repeated = torch.tensor([7, 7, 8, 9])
+    duplicate = info_nce(text[:, [0, 0, 2, 3]], text[:, [0, 0, 2, 3]], repeated, repeated, 0.1)
+    assert (duplicate[:2] < 0.05).all()  # the other copy of the same prompt is not a negative
 
 
 def test_cosine_similarity_is_blind_to_the_backbone_output_scale(setup):
@@ -161,7 +165,8 @@ def test_cosine_similarity_is_blind_to_the_backbone_output_scale(setup):
                                   atol=1e-5)
         finally:
             backbone.pool = pool
-    with pytest.raises(Exception, match="similarity must be 'dot' or 'cosine'"):
+    assert paradigm.info["similarity"] == "cosine" and _fit(setup).info["similarity"] == "dot"  # auto, encoder
+    with pytest.raises(Exception, match="similarity must be auto, dot or cosine"):
         _fit(setup, similarity="l2")
 
 

@@ -18,13 +18,16 @@ class LinearTask(torch.nn.Module):
         self.items = torch.nn.Embedding(n_items, dim)
         self.row_aux = row_aux
 
-    def sample_vectors(self, samples, aux=False):
+    def sample_vectors(self, samples, aux=None):
         vectors = self.users(samples)
-        return (vectors, vectors.pow(2).sum(-1)) if aux else vectors
+        if aux is None:
+            return vectors
+        batch = self.users(aux)  # row losses may depend on the whole batch (as constants)
+        return vectors, vectors.pow(2).sum(-1) + (vectors @ batch.detach().T).logsumexp(-1)
 
-    def item_vectors(self, items, aux=False):
+    def item_vectors(self, items, aux=None):
         vectors = self.items(items)
-        return (vectors, 0.5 * vectors.abs().sum(-1)) if aux else vectors
+        return (vectors, 0.5 * vectors.abs().sum(-1)) if aux is not None else vectors
 
 
 def _cfg(epochs=5, stopping=2, batch=16):
