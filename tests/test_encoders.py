@@ -23,6 +23,21 @@ def test_encoder_is_frozen_and_exports_item_embeddings(trained):
     assert encoder.score([split.history(1, "test")]).shape == (1, split.n_items)
 
 
+def test_user_representations_are_what_the_encoder_scores_with_and_computed_once_per_stage(trained):
+    _, split, encoder = trained
+    histories = [split.history(int(u), "test") for u in split.users[:7]]
+    reps = encoder.user_representations(histories, batch_size=3)  # batched in parts of 3
+    assert reps.shape == (7, encoder.item_embeddings.shape[1])
+    assert torch.allclose(reps @ encoder.item_embeddings.T, encoder.score(histories), atol=1e-5)
+    stage = encoder.stage_representations(split, "test")
+    assert stage.shape == (split.n_users, reps.shape[1]) and torch.equal(stage[0], torch.zeros(reps.shape[1]))
+    assert torch.allclose(stage[1:8], reps, atol=1e-6)
+    assert encoder.stage_representations(split, "test") is stage  # shared, not recomputed
+    valid = encoder.stage_representations(split, "valid")[1:8]
+    assert torch.allclose(valid, encoder.user_representations([split.train_history(int(u)) for u in
+                                                                split.users[:7]]), atol=1e-6)
+
+
 def test_ranks_equal_recbole_full_sort_evaluation(trained, tmp_path):
     """Our evaluator (history masking off, as RecBole does for sequential models) reproduces RecBole."""
     cfg, split, encoder = trained
