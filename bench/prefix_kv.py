@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from bench.soft_prompts import block_input_scales
+
 IMPLEMENTATION = "bench_prefix"
 _ACTIVE: list[dict] = []  # stack of {id(attention module): (prefix [b, P, d], mass record or None)}
 
@@ -121,22 +123,9 @@ def prefixed(model: torch.nn.Module, blocks: torch.nn.ModuleList, prefixes: Sequ
         _ACTIVE.pop()
 
 
-@torch.no_grad()
 def attention_input_scales(model: torch.nn.Module, blocks: torch.nn.ModuleList, batch: dict) -> torch.Tensor:
     """Standard deviation of what each layer's key/value projections read, on a real batch: ``[L]``.
 
     Prefix vectors started at this scale are as loud to the frozen attention as the text tokens around them.
     """
-    scales: list[float] = []
-    mask = batch["attention_mask"].bool()
-
-    def hook(module, args):
-        scales.append(float(args[0][mask].float().std()))
-
-    handles = [_projections(m)[0].register_forward_pre_hook(hook) for m in attention_modules(blocks)]
-    try:
-        model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return torch.tensor(scales)
+    return block_input_scales(model, [_projections(m)[0] for m in attention_modules(blocks)], batch)

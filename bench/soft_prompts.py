@@ -47,8 +47,9 @@ def injected(blocks: torch.nn.ModuleList, prefixes: Sequence[torch.Tensor | None
 
 
 @torch.no_grad()
-def block_input_scales(model: torch.nn.Module, blocks: torch.nn.ModuleList, batch: dict) -> torch.Tensor:
-    """Standard deviation of each block's input hidden states on a real batch: ``[L]``.
+def block_input_scales(model: torch.nn.Module, blocks, batch: dict) -> torch.Tensor:
+    """Standard deviation of each of ``blocks``' input hidden states (any modules inside ``model``, in order)
+    on a real batch: ``[len(blocks)]``.
 
     Soft prompts initialised at this scale start out as loud as the tokens around them; at a much smaller
     scale the frozen attention all but ignores them and training barely moves.
