@@ -157,6 +157,7 @@ class _Towers(torch.nn.Module):
         shape = (n, id_dim, backbone.width, options["instruction_len"], options["rank"], options["ids"])
         self.user, self.item = _Prefix(*shape), _Prefix(*shape)
         self.similarity = similarity
+        self.attention_mass: list | None = None  # a list here collects the prefix attention share per layer
         self.cosine_scale = options["score_temperature"] ** -0.5 if similarity == "cosine" else None
         self.to(backbone.device)
 
@@ -199,7 +200,7 @@ class _Towers(torch.nn.Module):
         if prefix is None:
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
         elif self.every_layer:
-            with prefixed(model, self.backbone.blocks, list(prefix)):
+            with prefixed(model, self.backbone.blocks, list(prefix), self.attention_mass):
                 out = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)
         else:  # soft tokens in front of the input embeddings, cut off again before pooling
             embeds = model.get_input_embeddings()(ids)
