@@ -178,7 +178,7 @@ class _Towers(torch.nn.Module):
         """Pooled outputs ``[b, d]`` of prompts ``tokens`` with ``side``'s prefix for ID representations
         ``reps`` ([b, d_e]); with ``layers``, also every layer's pooled text states ``[L, b, d]``."""
         backbone = self.backbone
-        ids, mask = _pad(tokens, backbone.tokenizer.pad_token_id or 0, backbone.device)
+        ids, mask = self._pad(tokens)
         prefix = getattr(self, side)(reps, len(tokens))
         hidden = self._run(prefix, ids, mask, layers)
         pooled = backbone.pool(hidden[-1], mask).float()
@@ -186,12 +186,20 @@ class _Towers(torch.nn.Module):
             pooled = F.normalize(pooled, dim=-1) * self.cosine_scale  # dot products become cosine / temperature
         if not layers:
             return pooled
-        return pooled, torch.stack([backbone.pool(h, mask).float() for h in hidden[1:]])
+        return pooled, self._pool_layers(hidden, mask)
 
     def text_only(self, tokens: list[list[int]]) -> torch.Tensor:
         """Every layer's pooled text states ``[L, b, d]`` of the prompts without any prefix."""
-        ids, mask = _pad(tokens, self.backbone.tokenizer.pad_token_id or 0, self.backbone.device)
-        hidden = self._run(None, ids, mask, True)
+        ids, mask = self._pad(tokens)
+        return self._pool_layers(self._run(None, ids, mask, True), mask)
+
+    def _pad(self, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask ``[b, T]`` of a batch, right-padded by the backbone's tokenizer."""
+        batch = self.backbone.tokenizer.pad({"input_ids": tokens}, return_tensors="pt").to(self.backbone.device)
+        return batch["input_ids"], batch["attention_mask"]
+
+    def _pool_layers(self, hidden: tuple, mask: torch.Tensor) -> torch.Tensor:
+        """Every layer's pooled text states ``[L, b, d]`` (``hidden[0]`` is the embedding output)."""
         return torch.stack([self.backbone.pool(h, mask).float() for h in hidden[1:]])
 
     def _run(self, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor, layers: bool):
@@ -211,16 +219,6 @@ class _Towers(torch.nn.Module):
             states = out.hidden_states if layers else (out.last_hidden_state,)
             return tuple(h[:, width:] for h in states)
         return out.hidden_states if layers else (out.last_hidden_state,)
-
-
-def _pad(tokens: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(t) for t in tokens)
-    ids = torch.full((len(tokens), width), pad, dtype=torch.long)
-    mask = torch.zeros(len(tokens), width, dtype=torch.long)
-    for row, row_tokens in enumerate(tokens):
-        ids[row, :len(row_tokens)] = torch.as_tensor(row_tokens, dtype=torch.long)
-        mask[row, :len(row_tokens)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def info_nce(hybrid: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, batch_keys: torch.Tensor,
