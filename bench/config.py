@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -192,9 +194,63 @@ def nested(dotted: str, value: Any) -> dict:
     return root
 
 
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?:[^#]*#\s*(?P<note>[^:]*):)?")
+_RANGE = re.compile(r"^[\w|\[\]]+\s+(?:(?P<op>>=|>)\s*(?P<bound>-?[\d.]+)"
+                    r"|in\s+(?P<lo_br>[\[(])\s*(?P<lo>-?[\d.]+)\s*,\s*(?P<hi>-?[\d.]+)\s*(?P<hi_br>[\])]))$")
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed interval of a numeric config key, as written in its ``configs/default.yaml`` comment."""
+
+    text: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+
+def _parse_range(note: str) -> Range | None:
+    match = _RANGE.match(note.strip())
+    if not match:
+        return None
+    if match["op"]:
+        return Range(note.strip(), low=float(match["bound"]), low_open=match["op"] == ">")
+    return Range(note.strip(), low=float(match["lo"]), high=float(match["hi"]),
+                 low_open=match["lo_br"] == "(", high_open=match["hi_br"] == ")")
+
+
+@functools.lru_cache(maxsize=None)
+def ranges(path: Path = DEFAULTS_FILE) -> dict[str, Range]:
+    """Dotted key -> allowed range, read from the ``TYPE >= N:`` / ``TYPE in (A, B):`` comments of ``path``."""
+    found, stack = {}, []
+    for line in path.read_text().splitlines():
+        match = _KEY_LINE.match(line)
+        if not match:
+            continue
+        stack = [s for s in stack if s[0] < len(match["indent"])] + [(len(match["indent"]), match["key"])]
+        parsed = _parse_range(match["note"] or "")
+        if parsed:
+            found[".".join(key for _, key in stack)] = parsed
+    return found
+
+
+def _check_ranges(tree: Mapping) -> None:
+    for dotted, allowed in ranges().items():
+        value = Config(tree).get(dotted)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is not None and not allowed.admits(item):
+                raise BenchError(f"config key '{dotted}' must be {allowed.text.split(' ', 1)[1]}, got {item!r} "
+                                 f"(range documented in configs/{DEFAULTS_FILE.name})")
+
+
 def _check_values(tree: Mapping) -> None:
-    if tree["data"]["min_user_inter"] < 3:
-        raise BenchError("config key 'data.min_user_inter' must be >= 3 (train, validation and test need one each)")
+    _check_ranges(tree)
     if tree["device"] not in ("auto", "cpu", "cuda"):
         raise BenchError(f"config key 'device' must be auto, cpu or cuda, got {tree['device']!r}")
     if not tree["seeds"] or not all(isinstance(s, int) and not isinstance(s, bool) for s in tree["seeds"]):
@@ -214,10 +270,6 @@ def _check_report(section: Mapping) -> None:
             raise BenchError(f"config key 'report.metrics': {metric!r} is not METRIC@K (e.g. ndcg@10)")
     if section["test"] not in ("t", "wilcoxon"):
         raise BenchError(f"config key 'report.test' must be t or wilcoxon, got {section['test']!r}")
-    if not 0 < section["alpha"] < 1:
-        raise BenchError(f"config key 'report.alpha' must be between 0 and 1, got {section['alpha']!r}")
-    if section["bootstrap"] < 100:
-        raise BenchError(f"config key 'report.bootstrap' must be at least 100, got {section['bootstrap']!r}")
 
 
 def load_config(

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.config import load_config, parse_override, presets
+from bench.config import load_config, parse_override, presets, ranges
 from bench.errors import BenchError
 
 
@@ -69,3 +69,42 @@ def test_override_parsing():
 
 def test_presets_are_listed():
     assert {"smoke", "default", "paper"} <= set(presets())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=-1", r"'train.epochs' must be >= 0, got -1"),
+    ("llm.token_budget=0", r"'llm.token_budget' must be >= 1, got 0"),
+    ("report.alpha=1.0", r"'report.alpha' must be in \(0, 1\), got 1.0"),
+    ("train.learning_rate=0.0", r"'train.learning_rate' must be > 0, got 0.0"),
+    ("data.min_user_inter=2", r"'data.min_user_inter' must be >= 3, got 2"),
+])
+def test_values_out_of_their_documented_range_are_one_line_errors(override, message):
+    with pytest.raises(BenchError, match=message) as err:
+        load_config("default", overrides=[override])
+    assert "\n" not in str(err.value) and "default.yaml" in str(err.value)
+
+
+def test_range_edges_and_null_are_accepted():
+    cfg = load_config("default", overrides=["train.epochs=0", "llm.token_budget=null", "report.alpha=0.5",
+                                            "data.min_user_inter=3"])
+    assert cfg["train.epochs"] == 0 and cfg["llm.token_budget"] is None
+
+
+def test_every_numeric_key_documents_its_range():
+    """A new numeric key must say its range next to its documentation (seeds may be any integer)."""
+    cfg, documented = load_config("default"), ranges()
+    numeric = [key for key in _leaves(cfg.to_dict())
+               if isinstance(cfg[key], (int, float)) and not isinstance(cfg[key], bool) or cfg[key] is None]
+    missing = [key for key in numeric if key not in documented and not key.endswith("seed")
+               and key not in ("cache_dir", "data.data_dir")]
+    assert missing == []
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("params", "paradigms"):
+            out += _leaves(value, f"{prefix}{key}.")
+        elif not isinstance(value, dict):
+            out.append(f"{prefix}{key}")
+    return out
