@@ -112,7 +112,7 @@ class Backbone:
 
     def count_tokens(self, text: str) -> int:
         """Tokens the backbone spends on ``text`` (special tokens included)."""
-        return len(self.tokenizer(text, truncation=False)["input_ids"])
+        return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])  # counting, not running it
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], max_tokens: int, batch_size: int = 32, progress=None,

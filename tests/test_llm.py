@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from transformers import (BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, T5Config,
@@ -84,3 +86,17 @@ def test_smollm2_alias_converts_gguf_once_and_pools_the_last_real_token(cache_ro
     assert torch.allclose(short[0], padded[0], atol=1e-4)  # right padding does not move the pooled token
     again = load_backbone("smollm2-135m", torch.device("cpu"), cache_root=cache_root)  # from the cached folder
     assert again.fingerprint == backbone.fingerprint
+
+
+def test_counting_a_prompt_longer_than_the_context_warns_nothing(minilm):
+    """Prompts are counted before they are cut to the budget; that must not print transformers' indexing warning."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        text = "word " * (minilm.tokenizer.model_max_length + 10)
+        assert minilm.count_tokens(text) > minilm.tokenizer.model_max_length
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [r for r in records if "indexing errors" in r.getMessage()]
