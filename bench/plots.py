@@ -8,16 +8,12 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 
 from bench import stats
 from bench.cache import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from bench.report import Run
+from bench.rundir import Run, display_name
 
 DPI = 130
 
@@ -39,12 +35,10 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def draw_all(run: "Run") -> list[str]:
+def draw_all(run: Run) -> list[str]:
     """Draw every plot the run's data allows; returns the file names written."""
-    from bench.report import report_metrics
-
     plt, sns = _pyplot()
-    main = report_metrics(run)[:2]
+    main = run.report_metrics[:2]
     written = []
     for name, draw in (("metrics.png", metrics_plot), ("tokens.png", tokens_plot),
                        ("efficiency.png", efficiency_plot)):
@@ -56,16 +50,14 @@ def draw_all(run: "Run") -> list[str]:
     return written
 
 
-def _seed_averaged(run: "Run", metrics: list[str]) -> pd.DataFrame:
+def _seed_averaged(run: Run, metrics: list[str]) -> pd.DataFrame:
     test = run.per_user[run.per_user["stage"] == "test"]
     return test.groupby(["paradigm", "user"], sort=False)[metrics].mean().reset_index()
 
 
-def metrics_plot(run: "Run", metrics: list[str], plt, sns):
+def metrics_plot(run: Run, metrics: list[str], plt, sns):
     """Horizontal bars of each main metric per paradigm with 95% bootstrap CIs over users (seed-averaged),
     the same resampling as ``significance.csv``; each bar is labelled with its mean right of its interval."""
-    from bench.report import display_name
-
     data = _seed_averaged(run, metrics)
     order = run.paradigms
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 0.55 * len(order) + 1.6), squeeze=False)
@@ -81,7 +73,7 @@ def metrics_plot(run: "Run", metrics: list[str], plt, sns):
         ax.set_xlim(0, max(high.max() * 1.3, 1e-3))
         ax.set_xlabel(f"{display_name(metric)} (test, mean over users)")
         ax.set_ylabel("")
-    fig.suptitle(f"{run.manifest.get('dataset')}: accuracy per paradigm (error bars: 95% bootstrap CI over users)",
+    fig.suptitle(f"{run.manifest.dataset}: accuracy per paradigm (error bars: 95% bootstrap CI over users)",
                  fontsize=12)
     fig.tight_layout()
     return fig
@@ -101,7 +93,7 @@ def _history_bins(lengths: pd.Series) -> pd.Series:
     return pd.Series(np.sqrt(low * high), index=lengths.index)
 
 
-def tokens_plot(run: "Run", metrics: list[str], plt, sns):
+def tokens_plot(run: Run, metrics: list[str], plt, sns):
     """Prompt tokens and history carried, against history length, per LLM paradigm (first seed, test)."""
     tokens = run.tokens
     if tokens.empty:
@@ -113,7 +105,7 @@ def tokens_plot(run: "Run", metrics: list[str], plt, sns):
     style = {"hue": "paradigm", "style": "paradigm", "markers": True, "dashes": True, "errorbar": None,
              "palette": "colorblind"}
     sns.lineplot(data=data, x="history", y="prompt", ax=axes[0], **style)
-    budget = (run.manifest.get("llm") or {}).get("token_budget")
+    budget = run.manifest.token_budget
     if budget:
         axes[0].axhline(budget, color="black", linestyle="--", linewidth=1)
         axes[0].text(0.01, budget, f"token budget ({budget})", transform=axes[0].get_yaxis_transform(),
@@ -127,17 +119,15 @@ def tokens_plot(run: "Run", metrics: list[str], plt, sns):
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_plain_numbers())
         ax.set_xlabel("user history length (items, log scale)")
-    fig.suptitle(f"{run.manifest.get('dataset')}: prompt cost per user (test prompts, mean per history-length bin)",
+    fig.suptitle(f"{run.manifest.dataset}: prompt cost per user (test prompts, mean per history-length bin)",
                  fontsize=12)
     fig.tight_layout()
     return fig
 
 
-def efficiency_plot(run: "Run", metrics: list[str], plt, sns):
+def efficiency_plot(run: Run, metrics: list[str], plt, sns):
     """Main metrics against the swept value, one line per paradigm, error bars = 95% CI over users."""
-    from bench.report import display_name
-
-    sweep = run.manifest.get("sweep")
+    sweep = run.manifest.sweep
     if not sweep or not all(isinstance(v, (int, float)) for v in sweep["values"]):
         return None
     labels = sweep["labels"]
@@ -165,6 +155,6 @@ def efficiency_plot(run: "Run", metrics: list[str], plt, sns):
         ax.xaxis.set_major_formatter(_plain_numbers())
         ax.xaxis.set_minor_formatter("")
         ax.legend(title="paradigm", fontsize=9)
-    fig.suptitle(f"{run.manifest.get('dataset')}: {key} sweep (error bars: 95% CI over users)", fontsize=12)
+    fig.suptitle(f"{run.manifest.dataset}: {key} sweep (error bars: 95% CI over users)", fontsize=12)
     fig.tight_layout()
     return fig

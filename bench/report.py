@@ -7,90 +7,19 @@ produced by the same code and are byte-identical.
 """
 from __future__ import annotations
 
-import json
 import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench import stats
+from bench import plots, stats
 from bench.cache import atomic_write_text
-from bench.config import Config, load_config
 from bench.errors import BenchError
+from bench.rundir import Run, display_name, metric_columns, write_json
 
-MAIN_METRICS = ("hit@100", "ndcg@10")
-ID_COLUMNS = ("paradigm", "seed", "stage", "user", "rank")
-METRIC_NAMES = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR"}
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Pretty, key-sorted JSON written atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def metric_columns(per_user: pd.DataFrame) -> list[str]:
-    """The metric columns of a per-user table, main metrics (HR@100, NDCG@10) first."""
-    metrics = [c for c in per_user.columns if c not in ID_COLUMNS]
-    return [m for m in MAIN_METRICS if m in metrics] + [m for m in metrics if m not in MAIN_METRICS]
-
-
-def display_name(metric: str) -> str:
-    """``ndcg@10`` -> ``NDCG@10``."""
-    name, _, k = metric.partition("@")
-    return f"{METRIC_NAMES.get(name, name)}@{k}"
-
-
-@dataclass
-class Run:
-    """A run directory's saved files, read back."""
-
-    path: Path
-    per_user: pd.DataFrame
-    tokens: pd.DataFrame
-    manifest: dict
-    config: Config
-
-    @property
-    def paradigms(self) -> list[str]:
-        """Paradigm labels in run order."""
-        return list(dict.fromkeys(self.per_user["paradigm"]))
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted({int(s) for s in self.per_user["seed"]})
-
-
-def read_run(run_dir: Path) -> Run:
-    """Read a finished run directory; a one-line error naming the missing or broken file."""
-    run_dir = Path(run_dir)
-    files = {name: run_dir / name for name in ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")}
-    for name, path in files.items():
-        if not path.is_file():
-            raise BenchError(f"{run_dir} is not a finished run directory: {name} is missing")
-    per_user = pd.read_csv(files["per_user.csv"], dtype={"user": str})
-    missing = [c for c in ID_COLUMNS if c not in per_user.columns]
-    if missing:
-        raise BenchError(f"{files['per_user.csv']}: missing column {missing[0]!r}")
-    try:
-        manifest = json.loads(files["manifest.json"].read_text())
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"{files['manifest.json']}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    return Run(run_dir, per_user, pd.read_csv(files["tokens.csv"], dtype={"user": str}), manifest,
-               load_config(None, files["config.yaml"]))
-
-
-def report_metrics(run: Run) -> list[str]:
-    """``report.metrics`` that the run measured (an error when none of them is in ``per_user.csv``)."""
-    wanted = list(run.config["report.metrics"])
-    found = [m for m in wanted if m in run.per_user.columns]
-    if not found:
-        raise BenchError(f"{run.path}: none of report.metrics ({', '.join(wanted)}) is in per_user.csv; "
-                         "set report.metrics to measured METRIC@K columns")
-    return found
 
 
 def summarise(per_user: pd.DataFrame) -> dict[str, dict[str, dict[str, dict]]]:
@@ -112,20 +41,17 @@ def summarise(per_user: pd.DataFrame) -> dict[str, dict[str, dict[str, dict]]]:
 def significance(run: Run) -> pd.DataFrame:
     """Pairwise tests of every paradigm pair of the run on ``report.metrics`` (test stage)."""
     cfg = run.config
-    return stats.compare(run.per_user, report_metrics(run), "test", cfg["report.bootstrap"], cfg["report.seed"],
+    return stats.compare(run.per_user, run.report_metrics, "test", cfg["report.bootstrap"], cfg["report.seed"],
                          cfg["report.test"])
 
 
 def build(run_dir: Path) -> None:
     """(Re)write every table and plot of ``run_dir`` from its saved files."""
-    from bench import plots
-
-    run = read_run(run_dir)
+    run = Run.from_disk(run_dir)
     summary = summarise(run.per_user)
-    paradigms = run.manifest.get("paradigms", {})
     write_json(run.path / "metrics.json", {
-        "dataset": run.manifest.get("dataset"), "split_hash": run.manifest.get("split_hash"),
-        "paradigms": {name: {"version": paradigms.get(name, {}).get("version"), "stages": stages}
+        "dataset": run.manifest.dataset, "split_hash": run.manifest.split_hash,
+        "paradigms": {name: {"version": run.manifest.version(name), "stages": stages}
                       for name, stages in summary.items()}})
     tests = significance(run)
     atomic_write_text(run.path / "significance.csv", tests.to_csv(index=False, float_format="%.6g"))
@@ -137,36 +63,24 @@ def build(run_dir: Path) -> None:
 
 
 # -- the results table ---------------------------------------------------------------------------------------
-def _fit_seconds(paradigms: dict, name: str) -> float | None:
-    seconds = [info.get("fit_seconds") for info in paradigms.get(name, {}).get("seeds", {}).values()]
-    seconds = [s for s in seconds if s is not None]
-    return float(np.mean(seconds)) if seconds else None
-
-
-def _trainable(paradigms: dict, name: str) -> int | None:
-    counts = {info.get("trainable_parameters") for info in paradigms.get(name, {}).get("seeds", {}).values()}
-    return counts.pop() if len(counts) == 1 else None
-
-
 def results_table(run: Run, summary: dict, tests: pd.DataFrame) -> pd.DataFrame:
     """One row per paradigm: letter, mean/std (over seeds) of each report metric and the letters of the
     paradigms it beats significantly, trainable parameters, mean prompt tokens, mean fit seconds."""
-    metrics = report_metrics(run)
+    metrics = run.report_metrics
     letters = dict(zip(run.paradigms, LETTERS))
     wins = stats.beaten(tests, run.config["report.alpha"])
-    paradigms = run.manifest.get("paradigms", {})
     prompt = (run.tokens["hard_tokens"] + run.tokens["soft_tokens"]).groupby(run.tokens["paradigm"]).mean()
     rows = []
     for name in run.paradigms:
         row: dict[str, Any] = {"letter": letters[name], "paradigm": name,
-                               "version": paradigms.get(name, {}).get("version")}
+                               "version": run.manifest.version(name)}
         for metric in metrics:
             cell = summary[name].get("test", {}).get(metric, {})
             row[f"{metric}_mean"], row[f"{metric}_std"] = cell.get("mean"), cell.get("std")
             row[f"{metric}_beats"] = "".join(sorted(letters[b] for b in wins.get(metric, {}).get(name, [])))
-        row["trainable_parameters"] = _trainable(paradigms, name)
+        row["trainable_parameters"] = run.manifest.trainable_parameters(name)
         row["mean_prompt_tokens"] = float(prompt[name]) if name in prompt.index else None
-        row["fit_seconds"] = _fit_seconds(paradigms, name)
+        row["fit_seconds"] = run.manifest.fit_seconds(name)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -178,7 +92,7 @@ def _best(table: pd.DataFrame, metric: str) -> set[str]:
 
 def _caption(run: Run) -> str:
     n_paradigms = len(run.paradigms)
-    n_tests = len(report_metrics(run)) * n_paradigms * (n_paradigms - 1) // 2
+    n_tests = len(run.report_metrics) * n_paradigms * (n_paradigms - 1) // 2
     seeds = run.seeds
     spread = f", then mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 \
         else f" (seed {seeds[0]})"
@@ -205,13 +119,13 @@ EXTRA_HEADERS = ["trainable params", "mean prompt tokens", "train time (s)"]
 
 def results_md(run: Run, table: pd.DataFrame) -> str:
     """Markdown results table with superscript letters, the run's identity and the prompt-cost table."""
-    metrics = report_metrics(run)
+    metrics = run.report_metrics
     manifest, multi = run.manifest, len(run.seeds) > 1
-    lines = [f"# Results: {manifest.get('dataset')}", "",
+    lines = [f"# Results: {manifest.dataset}", "",
              _caption(run), "",
-             f"- split `{manifest.get('split_hash')}`, config `{manifest.get('config_hash')}`, "
-             f"encoder `{(manifest.get('encoder') or {}).get('key', 'none')}`",
-             f"- command: `{manifest.get('command')}`",
+             f"- split `{manifest.split_hash}`, config `{manifest.config_hash}`, "
+             f"encoder `{(manifest.encoder or {}).get('key', 'none')}`",
+             f"- command: `{manifest.command}`",
              "- every pairwise test (p-values, bootstrap 95% CI, wins/ties/losses): `significance.csv`", ""]
     header = ["", "paradigm", *map(display_name, metrics), *EXTRA_HEADERS]
     lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
@@ -255,13 +169,13 @@ def tex_escape(text: str) -> str:
 def results_tex(run: Run, table: pd.DataFrame) -> str:
     """A ``table`` environment of the results table (needs ``\\usepackage{booktabs,graphicx}``), scaled to the
     line width."""
-    metrics = report_metrics(run)
+    metrics = run.report_metrics
     multi = len(run.seeds) > 1
     best = {m: _best(table, m) for m in metrics}
     header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params", "Tokens", "Time (s)"]
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{tex_escape(run.manifest.get('dataset'))}: {tex_escape(_caption(run))}}}",
-             rf"\label{{tab:bench-{tex_escape(run.manifest.get('dataset'))}}}",
+             rf"\caption{{{tex_escape(run.manifest.dataset)}: {tex_escape(_caption(run))}}}",
+             rf"\label{{tab:bench-{tex_escape(run.manifest.dataset)}}}",
              r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
              " & ".join(header) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
@@ -284,8 +198,8 @@ def compare_runs(dir_a: Path, dir_b: Path) -> tuple[pd.DataFrame, float]:
     """Paired tests of every paradigm present in both runs, run A's against run B's (labels ``A:NAME`` and
     ``B:NAME``), on run A's ``report.metrics``; Holm over all rows. The runs must share the split.
     Returns the table and run A's ``report.alpha``."""
-    run_a, run_b = read_run(dir_a), read_run(dir_b)
-    hash_a, hash_b = run_a.manifest.get("split_hash"), run_b.manifest.get("split_hash")
+    run_a, run_b = Run.from_disk(dir_a), Run.from_disk(dir_b)
+    hash_a, hash_b = run_a.manifest.split_hash, run_b.manifest.split_hash
     if hash_a != hash_b:
         raise BenchError(f"{dir_a} and {dir_b} were run on different splits ({hash_a} vs {hash_b}): per-user tests "
                          "need the same users and targets; rerun one with the other's dataset and data settings")
@@ -293,7 +207,7 @@ def compare_runs(dir_a: Path, dir_b: Path) -> tuple[pd.DataFrame, float]:
     if not common:
         raise BenchError(f"{dir_a} and {dir_b} have no paradigm in common; `bench compare` tests the same "
                          "paradigm across two runs")
-    metrics = [m for m in report_metrics(run_a) if m in run_b.per_user.columns]
+    metrics = [m for m in run_a.report_metrics if m in run_b.per_user.columns]
     matrices = {}
     for metric in metrics:
         left = stats.user_matrix(run_a.per_user, metric)[common].add_prefix("A:")

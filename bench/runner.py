@@ -23,18 +23,16 @@ import pandas as pd
 import torch
 
 from bench import plan, registry, report
-from bench.cache import atomic_write_text, default_cache_root
+from bench.cache import default_cache_root
 from bench.config import Config, suggest
 from bench.encoders import Encoder, load_or_train
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import load_backbone
 from bench.metrics import evaluate_ranks, metrics_from_ranks
+from bench.rundir import Manifest, Run
 from bench.split import STAGES, build_split
 from bench.state import RunState
-
-TOKEN_COLUMNS = ["paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept"]
-
 
 class Timings(dict):
     """Wall-clock seconds per named stage, filled by ``with timings("name"): ...``."""
@@ -163,9 +161,9 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
         _record_info(paradigm_info, arm, seed, saved[1]["info"])
     if not frames:
         raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv)
-    manifest.update(skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
-                    resumed_by=" ".join(resumed_by) if resumed_by else None)
+    manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
+                         skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
+                         resumed_by=" ".join(resumed_by) if resumed_by else None)
     return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest)
 
 
@@ -253,41 +251,40 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(cfg: Config, shared: _Shared, device: torch.device, timings: Timings, paradigm_info: dict,
-              argv: list[str] | None) -> dict[str, Any]:
+              argv: list[str] | None, **outcome: Any) -> Manifest:
     split, encoder = shared.split, shared.encoder
     llm = next(iter(shared.llms.values()), None)
     hardware = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
         hardware["gpu"] = torch.cuda.get_device_name(device)
-    return {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(argv) if argv else None,
-        "git_commit": _git_commit(),
-        "config_hash": cfg.hash,
-        "dataset": split.dataset,
-        "split_hash": split.hash,
-        "split_stats": dict(split.stats),
-        "encoder": None if encoder is None else {"key": encoder.key, **encoder.info},
-        "llm": None if llm is None else {
+    return Manifest(
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join(argv) if argv else None,
+        git_commit=_git_commit(),
+        config_hash=cfg.hash,
+        dataset=split.dataset,
+        split_hash=split.hash,
+        split_stats=dict(split.stats),
+        encoder=None if encoder is None else {"key": encoder.key, **encoder.info},
+        llm=None if llm is None else {
             "backbone": llm.backbone.name, "fingerprint": llm.backbone.fingerprint, "layers": llm.backbone.n_layers,
             "width": llm.backbone.width, "context_window": llm.backbone.context_window,
             "pooling": llm.backbone.pooling, "dtype": str(next(llm.backbone.model.parameters()).dtype),
             "token_budget": llm.token_budget, "forward_passes": llm.backbone.forward_calls},
-        "seeds": list(cfg["seeds"]),
-        "versions": _versions(),
-        "hardware": hardware,
-        "timings_seconds": dict(timings),
-        "paradigms": paradigm_info,
-    }
+        seeds=list(cfg["seeds"]),
+        versions=_versions(),
+        hardware=hardware,
+        timings_seconds=dict(timings),
+        paradigms=paradigm_info,
+        **outcome,
+    )
 
 
-def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: dict) -> Path:
+def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest) -> Path:
     """Write the final files into the working folder, build the tables, and rename it to the run directory."""
     tmp, out = state.dir, state.out  # config.yaml is already there (RunState.start)
-    report.write_json(tmp / "manifest.json", manifest)
-    atomic_write_text(tmp / "per_user.csv", per_user.to_csv(index=False, float_format="%.10g"))
-    atomic_write_text(tmp / "tokens.csv", pd.DataFrame(tokens, columns=TOKEN_COLUMNS).to_csv(index=False))
+    Run.write(tmp, per_user, tokens, manifest)
     report.build(tmp)
     shutil.rmtree(tmp / "jobs")
     (tmp / "plan.json").unlink()

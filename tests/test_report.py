@@ -1,5 +1,4 @@
 """Result tables (markdown, CSV, LaTeX) and plots built from a constructed run directory."""
-import json
 import shutil
 import subprocess
 
@@ -9,6 +8,7 @@ import pytest
 
 from bench import report
 from bench.config import load_config
+from bench.rundir import Manifest, write_json
 from test_cli import png_size
 
 USERS = 200
@@ -32,9 +32,11 @@ def make_run(path, means: dict[str, float], seeds=(0, 1), sweep=None):
                                   "history_kept"]).to_csv(path / "tokens.csv", index=False)
     info = {name: {"version": "1", "seeds": {str(s): {"trainable_parameters": 1000, "fit_seconds": 2.5}
                                              for s in seeds}} for name in means}
-    (path / "manifest.json").write_text(json.dumps({
-        "dataset": "toy", "split_hash": "ab" * 8, "config_hash": "c" * 12, "command": "bench run --toy",
-        "llm": {"token_budget": 64}, "paradigms": info, "sweep": sweep}))
+    manifest = Manifest(created="2026-01-01T00:00:00+00:00", command="bench run --toy", git_commit=None,
+                        config_hash="c" * 12, dataset="toy", split_hash="ab" * 8, split_stats={}, encoder=None,
+                        llm={"token_budget": 64}, seeds=list(seeds), versions={}, hardware={}, timings_seconds={},
+                        paradigms=info, sweep=sweep)
+    write_json(path / "manifest.json", manifest.to_dict())
     (path / "config.yaml").write_text(load_config("smoke", overrides=["seeds=[0, 1]"]).to_yaml())
     return path
 
