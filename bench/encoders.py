@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from bench.compat import recbole_config, recbole_workdir
 from bench.config import Config, stable_hash, thaw
 from bench.errors import BenchError
 from bench.split import Split, recbole_settings, split_from_recbole
+
+if TYPE_CHECKING:
+    from bench.contract import SplitView
 
 ENCODER_VERSION = "1"
 
@@ -83,7 +86,7 @@ class Encoder:
             parts.append(self.model.forward(batch[self.model.ITEM_SEQ], batch[self.model.ITEM_SEQ_LEN]))
         return torch.cat(parts) if parts else torch.empty(0, self.item_embeddings.shape[1], device=self.device)
 
-    def stage_representations(self, split: Split, stage: str) -> torch.Tensor:
+    def stage_representations(self, split: "Split | SplitView", stage: str) -> torch.Tensor:
         """[n_users, d] user representations before ``stage`` (row 0 = padding, zeros), computed once per
         (split, stage) and shared by every paradigm that asks."""
         key = (split.hash, stage)

@@ -1,4 +1,4 @@
-"""The paradigm plugin contract and its registry.
+"""The paradigm registry (the contract itself lives in :mod:`bench.contract` and is re-exported here).
 
 A paradigm is a class with ``fit(split, context)``, ``score(users, stage)`` and ``token_usage(users, stage)``,
 registered with :func:`register`. Built-in paradigms are imported lazily, on first use; third-party packages
@@ -13,16 +13,14 @@ import importlib
 import inspect
 import re
 import warnings
-from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
-
-import numpy as np
-import torch
+from typing import Any, Mapping
 
 from bench.config import Config, suggest
+from bench.contract import Context, Paradigm, SplitView, TokenUsage
 from bench.errors import BenchError
+
+__all__ = ["Context", "Paradigm", "SplitView", "TokenUsage", "get", "names", "options_for", "register", "resolve"]
 
 ENTRY_POINT_GROUP = "bench.paradigms"
 #: Built-in paradigm name -> module that registers it (imported only when the paradigm is needed).
@@ -40,68 +38,6 @@ BUILTIN: dict[str, str] = {
     "ra-rec-items": "paradigms.ra_rec_items",
 }
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    """What one user's prompt costs: positions in the LLM's context, and how much history it carries."""
-
-    user: int
-    hard_tokens: int
-    soft_tokens: int
-    history_len: int
-    history_kept: int
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything a paradigm gets besides the split. ``options`` is its own resolved config section."""
-
-    config: Config
-    options: Mapping[str, Any]
-    seed: int
-    device: torch.device
-    cache_dir: Path
-    encoder: Any = None
-    llm: Any = None
-    progress: Callable[..., Any] | None = None
-    generator: torch.Generator = field(default_factory=torch.Generator)
-
-
-class Paradigm:
-    """Base class of every paradigm (subclassing is optional; the three methods are the contract).
-
-    Class attributes: ``name`` (registry key), ``version`` (bumped when results can change),
-    ``description`` (one line for ``bench list``), ``defaults`` (its config keys under ``paradigms.NAME``),
-    ``needs_encoder``/``needs_llm`` (what the runner must provide), ``in_all`` (part of ``--paradigms all``).
-    """
-
-    name: ClassVar[str] = ""
-    version: ClassVar[str] = "1"
-    description: ClassVar[str] = ""
-    defaults: ClassVar[Mapping[str, Any]] = {}
-    needs_encoder: ClassVar[bool] = False
-    needs_llm: ClassVar[bool] = False
-    in_all: ClassVar[bool] = True
-
-    def fit(self, split, context: Context) -> None:
-        """Train whatever the paradigm trains on ``split``'s training part (never on valid/test targets)."""
-        raise NotImplementedError
-
-    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        """Scores ``[len(users), split.n_items]`` (higher is better) of every item for each internal user id.
-
-        ``stage`` is ``"valid"`` or ``"test"``; for ``"test"`` the validation item is part of the history.
-        """
-        raise NotImplementedError
-
-    def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage] | None:
-        """Prompt cost per user, or ``None`` for paradigms without an LLM."""
-        return None
-
-    def trainable_parameters(self) -> int:
-        """Number of parameters ``fit`` trains (0 for fixed scorers)."""
-        return 0
 
 
 _REGISTRY: dict[str, type] = {}

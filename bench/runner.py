@@ -6,15 +6,12 @@ behind; the finished (paradigm, seed) jobs kept in that folder let ``--resume`` 
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import platform
-import random
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,45 +20,12 @@ import pandas as pd
 import torch
 
 from bench import plan, registry, report
-from bench.cache import default_cache_root
 from bench.config import Config, suggest
-from bench.encoders import Encoder, load_or_train
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
-from bench.features import FeatureStore, FrozenLLM
-from bench.llm import load_backbone
-from bench.metrics import evaluate_ranks, metrics_from_ranks
+from bench.evaluation import run_job
+from bench.resources import Resources, Timings, pick_device
 from bench.rundir import Manifest, Run
-from bench.split import STAGES, build_split
 from bench.state import RunState
-
-class Timings(dict):
-    """Wall-clock seconds per named stage, filled by ``with timings("name"): ...``."""
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda: torch sees no GPU here; use --device cpu or auto")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a torch generator seeded the same way for the paradigm."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
 
 def default_run_dir(cfg: Config) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -107,38 +71,11 @@ def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
         raise
 
 
-class _Shared:
-    """The split, encoder and backbones of a run, loaded once and on demand."""
-
-    def __init__(self, cfg: Config, device: torch.device, progress, timings: "Timings"):
-        self.cfg, self.device, self.progress, self.timings = cfg, device, progress, timings
-        self.cache_root = default_cache_root(cfg["cache_dir"])
-        self.encoder: Encoder | None = None
-        self.llms: dict[str, FrozenLLM] = {}
-        with timings("split"):
-            self.split = build_split(cfg, self.cache_root, progress)
-
-    def prepare(self, run_arms: list) -> None:
-        if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
-            with self.timings("encoder"):
-                self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
-        for arm in run_arms:
-            if arm.cls.needs_llm:
-                self.llm_for(arm.config)
-
-    def llm_for(self, cfg: Config) -> FrozenLLM:
-        key = cfg.section_hash("llm")
-        if key not in self.llms:
-            with self.timings("llm_load"):
-                self.llms[key] = load_llm(cfg, self.device, self.cache_root, self.progress)
-        return self.llms[key]
-
-
 def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None) -> Path:
     """Compute (or reuse) every (arm, seed) job, then write the run directory."""
     device = pick_device(cfg["device"])
     timings = Timings()
-    shared = _Shared(cfg, device, progress, timings)
+    shared = Resources(cfg, device, progress, timings)
     shared.prepare(run_arms)
     frames, tokens, paradigm_info, skipped, reused = [], [], {}, {}, []
     jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
@@ -150,7 +87,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
             reused.append(f"{arm.label}/seed{seed}")
         else:
             try:
-                saved = _run_job(arm, seed, shared, timings)
+                saved = run_job(arm, seed, shared, timings)
             except ParadigmUnavailable as exc:
                 print(f"skipped {arm.label}: {exc}", file=sys.stderr)
                 skipped[arm.label] = str(exc)
@@ -158,7 +95,8 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
             state.save(index, *saved)
         frames.append(saved[0])
         tokens.extend(tuple(row) for row in saved[1]["tokens"])
-        _record_info(paradigm_info, arm, seed, saved[1]["info"])
+        _record_info(paradigm_info, arm, seed, saved[1]["info"],
+                     _llm_record(shared.llm_for(arm.config)) if arm.cls.needs_llm else None)
     if not frames:
         raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
@@ -167,21 +105,11 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest)
 
 
-def _record_info(paradigm_info: dict, arm, seed: int, info: dict) -> None:
+def _record_info(paradigm_info: dict, arm, seed: int, info: dict, llm: dict | None) -> None:
     entry = paradigm_info.setdefault(arm.label, {
         "paradigm": arm.cls.name, "version": arm.cls.version, "options": arm.options,
-        "description": arm.cls.description, "sweep_value": arm.sweep_value, "seeds": {}})
+        "description": arm.cls.description, "sweep_value": arm.sweep_value, "llm": llm, "seeds": {}})
     entry["seeds"][str(seed)] = info
-
-
-def load_llm(cfg: Config, device: torch.device, cache_root: Path, progress=None) -> FrozenLLM:
-    """The frozen backbone and its feature caches; the prompt budget is capped by the context window."""
-    backbone = load_backbone(cfg["llm.backbone"], device, cfg["llm.dtype"], cache_root, progress)
-    cap = cfg["llm.token_budget"]
-    budget = backbone.context_window if cap is None else min(cap, backbone.context_window)
-    batch = cfg["llm.batch_size"]
-    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, budget, batch),
-                     FeatureStore(backbone, cache_root, cfg["llm.item_max_tokens"], batch), budget)
 
 
 def _check_paradigm_sections(cfg: Config) -> None:
@@ -189,41 +117,6 @@ def _check_paradigm_sections(cfg: Config) -> None:
         if name not in registry.names():
             raise BenchError(f"unknown config key 'paradigms.{name}'{suggest(name, registry.names())}: "
                              "no such paradigm")
-
-
-def _run_job(arm, seed: int, shared: _Shared, timings: Timings) -> tuple[pd.DataFrame, dict]:
-    """Fit one arm with one seed and evaluate it on every stage: (per-user rows, job record)."""
-    cfg, split = arm.config, shared.split
-    generator = seed_everything(seed)
-    context = registry.Context(config=cfg, options=arm.options, seed=seed, device=shared.device,
-                               cache_dir=shared.cache_root, encoder=shared.encoder,
-                               llm=shared.llm_for(cfg) if arm.cls.needs_llm else None, progress=shared.progress,
-                               generator=generator)
-    paradigm = arm.cls()
-    tag = f"{arm.label}/seed{seed}"
-    with timings(f"{tag}/fit"):
-        paradigm.fit(split, context)
-    frames, users = [], split.users
-    for stage in STAGES:
-        histories = [split.history(int(u), stage) for u in users]
-        with timings(f"{tag}/score_{stage}"):
-            ranks = evaluate_ranks(lambda chunk, st=stage: paradigm.score(chunk, st), users,
-                                   split.target(stage)[users], histories if cfg["eval.mask_history"] else None,
-                                   split.n_items, cfg["eval.chunk_mb"], shared.progress, f"{tag} {stage}")
-        frame = pd.DataFrame({"paradigm": arm.label, "seed": seed, "stage": stage,
-                              "user": split.user_ids[users], "rank": ranks})
-        for name, values in metrics_from_ranks(ranks, cfg["eval.metrics"], cfg["eval.ks"]).items():
-            frame[name] = values
-        frames.append(frame)
-    token_rows = []
-    if seed == cfg["seeds"][0]:
-        token_rows = [(arm.label, str(split.user_ids[t.user]), t.hard_tokens, t.soft_tokens, t.history_len,
-                       t.history_kept) for t in paradigm.token_usage(users, "test") or []]
-    info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
-            "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
-            "training": getattr(paradigm, "info", None)}
-    record = {"label": arm.label, "seed": seed, "version": arm.cls.version, "tokens": token_rows, "info": info}
-    return pd.concat(frames, ignore_index=True), record
 
 
 def _git_commit() -> str | None:
@@ -250,10 +143,10 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _manifest(cfg: Config, shared: _Shared, device: torch.device, timings: Timings, paradigm_info: dict,
+def _manifest(cfg: Config, shared: Resources, device: torch.device, timings: Timings, paradigm_info: dict,
               argv: list[str] | None, **outcome: Any) -> Manifest:
     split, encoder = shared.split, shared.encoder
-    llm = next(iter(shared.llms.values()), None)
+    first = next((entry["llm"] for entry in paradigm_info.values() if entry["llm"]), None)
     hardware = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":
@@ -267,11 +160,8 @@ def _manifest(cfg: Config, shared: _Shared, device: torch.device, timings: Timin
         split_hash=split.hash,
         split_stats=dict(split.stats),
         encoder=None if encoder is None else {"key": encoder.key, **encoder.info},
-        llm=None if llm is None else {
-            "backbone": llm.backbone.name, "fingerprint": llm.backbone.fingerprint, "layers": llm.backbone.n_layers,
-            "width": llm.backbone.width, "context_window": llm.backbone.context_window,
-            "pooling": llm.backbone.pooling, "dtype": str(next(llm.backbone.model.parameters()).dtype),
-            "token_budget": llm.token_budget, "forward_passes": llm.backbone.forward_calls},
+        llm=None if first is None else {**first, "forward_passes": sum(
+            b.forward_calls for b in shared.backbones.values())},
         seeds=list(cfg["seeds"]),
         versions=_versions(),
         hardware=hardware,
@@ -279,6 +169,14 @@ def _manifest(cfg: Config, shared: _Shared, device: torch.device, timings: Timin
         paradigms=paradigm_info,
         **outcome,
     )
+
+
+def _llm_record(llm) -> dict:
+    """What the manifest records about the frozen LLM an arm used."""
+    backbone = llm.backbone
+    return {"backbone": backbone.name, "fingerprint": backbone.fingerprint, "layers": backbone.n_layers,
+            "width": backbone.width, "context_window": backbone.context_window, "pooling": backbone.pooling,
+            "dtype": str(next(backbone.model.parameters()).dtype), "token_budget": llm.token_budget}
 
 
 def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest) -> Path:

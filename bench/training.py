@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.config import Config
-from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.split import Split
+
+if TYPE_CHECKING:
+    from bench.contract import SplitView
 
 
 class TwoTowerTask(Protocol):
@@ -33,7 +35,7 @@ class TwoTowerTask(Protocol):
         """[m, k] item-side vectors of item ids."""
 
 
-def training_samples(split: Split, per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_samples(split: "Split | SplitView", per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``per_user`` most recent (prefix -> next item) pairs of every user's training history.
 
     Returns ``(users, prefix_lengths, targets)``: sample s predicts ``train_history(users[s])[prefix_lengths[s]]``
@@ -47,15 +49,6 @@ def training_samples(split: Split, per_user: int) -> tuple[np.ndarray, np.ndarra
             lengths.append(position)
             targets.append(int(history[position]))
     return np.array(users, dtype=np.int64), np.array(lengths, dtype=np.int64), np.array(targets, dtype=np.int64)
-
-
-@torch.no_grad()
-def validation_ndcg(split: Split, score: Callable[[np.ndarray, str], torch.Tensor], chunk_mb: int) -> float:
-    """Mean NDCG@10 on the validation stage (full ranking, history masked): the early-stopping signal."""
-    users = split.users
-    ranks = evaluate_ranks(lambda chunk: score(chunk, "valid"), users, split.valid_target[users],
-                           [split.history(int(u), "valid") for u in users], split.n_items, chunk_mb)
-    return float(metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"].mean())
 
 
 def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

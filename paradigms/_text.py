@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from bench.contract import SplitView
 from bench.registry import Context, Paradigm, TokenUsage
-from bench.split import STAGES, Split
 from bench.tokens import FittedPrompt, fit_prompt, usage
-from bench.training import train_bpr, training_samples, validation_ndcg
+from bench.training import train_bpr, training_samples
 
 
 class _Towers(torch.nn.Module):
@@ -34,24 +34,24 @@ class TextTwoTower(Paradigm):
     needs_llm = True
     defaults = {"dim": 128}
 
-    def history_piece(self, split: Split, item: int) -> str:
+    def history_piece(self, split: SplitView, item: int) -> str:
         raise NotImplementedError
 
     def render(self, user_id: str, pieces: Sequence[str]) -> str:
         raise NotImplementedError
 
-    def item_text(self, split: Split, item: int) -> str:
+    def item_text(self, split: SplitView, item: int) -> str:
         raise NotImplementedError
 
-    def check(self, split: Split) -> None:
+    def check(self, split: SplitView) -> None:
         """Raise :class:`bench.errors.ParadigmUnavailable` when the data cannot feed this paradigm."""
 
-    def prompt(self, split: Split, user: int, history: np.ndarray, budget: int, count) -> FittedPrompt:
+    def prompt(self, split: SplitView, user: int, history: np.ndarray, budget: int, count) -> FittedPrompt:
         """The user's prompt: most recent history items first, as many as fit in ``budget`` tokens."""
         pieces = [self.history_piece(split, int(i)) for i in history[::-1]]
         return fit_prompt(lambda kept: self.render(str(split.user_ids[user]), kept), pieces, count, budget)
 
-    def fit(self, split: Split, context: Context) -> None:
+    def fit(self, split: SplitView, context: Context) -> None:
         self.check(split)
         self._split, self._ctx = split, context
         llm, cfg, progress = context.llm, context.config, context.progress
@@ -63,18 +63,22 @@ class TextTwoTower(Paradigm):
         item_texts = [self.item_text(split, i) for i in range(1, split.n_items)]
         item_feats = torch.cat([torch.zeros(1, llm.backbone.width),
                                 llm.items.encode(item_texts, progress, f"{self.name} items")])
-        self._stage = {stage: self._stage_prompts(stage) for stage in STAGES}
+        self._stage: dict[str, tuple[list[FittedPrompt], torch.Tensor]] = {}
         self._towers = _Towers(llm.backbone.width, context.options["dim"], sample_feats, item_feats)
         self.info = train_bpr(self._towers, targets, split.n_items, cfg, context.generator,
                               self._validate, progress, desc=f"{self.name} fit")
         self._refresh_items()
 
     def _stage_prompts(self, stage: str) -> tuple[list[FittedPrompt], torch.Tensor]:
+        """Every user's ``stage`` prompt and its features (row 0: padding), built on first use."""
+        if stage in self._stage:
+            return self._stage[stage]
         split, ctx = self._split, self._ctx
         prompts = [self.prompt(split, int(u), split.history(int(u), stage), ctx.llm.token_budget,
                                ctx.llm.backbone.count_tokens) for u in split.users]
         feats = ctx.llm.prompts.encode([p.text for p in prompts], ctx.progress, f"{self.name} {stage} prompts")
-        return prompts, torch.cat([torch.zeros(1, feats.shape[1]), feats])
+        self._stage[stage] = prompts, torch.cat([torch.zeros(1, feats.shape[1]), feats])
+        return self._stage[stage]
 
     @torch.no_grad()
     def _refresh_items(self) -> None:
@@ -83,15 +87,15 @@ class TextTwoTower(Paradigm):
 
     def _validate(self) -> float:
         self._refresh_items()
-        return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
+        return self._ctx.validate(self.score)
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        user_vectors = self._towers.user(self._stage[stage][1][torch.as_tensor(users)])
+        user_vectors = self._towers.user(self._stage_prompts(stage)[1][torch.as_tensor(users)])
         return user_vectors @ self._item_vectors.T
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
-        prompts = self._stage[stage][0]
+        prompts = self._stage_prompts(stage)[0]
         return [usage(int(u), prompts[int(u) - 1], len(self._split.history(int(u), stage))) for u in users]
 
     def trainable_parameters(self) -> int:

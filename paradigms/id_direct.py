@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from bench.contract import SplitView
 from bench.registry import register
-from bench.split import Split
 from paradigms._text import TextTwoTower
 
 
@@ -15,11 +15,11 @@ class IDDirect(TextTwoTower):
     version = "1"
     description = "ID-Direct (P5-style): raw item IDs as text, frozen LLM features, trained linear towers."
 
-    def history_piece(self, split: Split, item: int) -> str:
+    def history_piece(self, split: SplitView, item: int) -> str:
         return str(split.item_ids[item])
 
     def render(self, user_id: str, pieces: Sequence[str]) -> str:
         return f"User {user_id} has interacted with {', '.join(pieces)}"
 
-    def item_text(self, split: Split, item: int) -> str:
+    def item_text(self, split: SplitView, item: int) -> str:
         return f"item {split.item_ids[item]}"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from bench.contract import SplitView
 from bench.errors import ParadigmUnavailable
 from bench.registry import register
-from bench.split import Split
 from paradigms._text import TextTwoTower
 
 UNTITLED = "an untitled item"
@@ -18,16 +18,16 @@ class IDTranslation(TextTwoTower):
     version = "1"
     description = "ID-Translation: item titles as text, frozen LLM features, trained linear towers."
 
-    def check(self, split: Split) -> None:
+    def check(self, split: SplitView) -> None:
         if not split.has_titles:
             raise ParadigmUnavailable(f"dataset '{split.dataset}' has no item titles (no .item file with a title "
                                       "column), which id-translation needs")
 
-    def history_piece(self, split: Split, item: int) -> str:
+    def history_piece(self, split: SplitView, item: int) -> str:
         return split.titles[item] or UNTITLED
 
     def render(self, user_id: str, pieces: Sequence[str]) -> str:
         return f"The user bought: {'; '.join(pieces)}"
 
-    def item_text(self, split: Split, item: int) -> str:
+    def item_text(self, split: SplitView, item: int) -> str:
         return split.titles[item] or UNTITLED

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.contract import SplitView
 from bench.errors import BenchError
 from bench.prefix_kv import attention_input_scales, prefixed
 from bench.registry import Context, Paradigm, TokenUsage, register
 from bench.soft_prompts import LayerProjectors
-from bench.split import STAGES, Split
 from bench.tokens import fit_prompt
-from bench.training import train_bpr, training_samples, validation_ndcg
+from bench.training import train_bpr, training_samples
 
 UNTITLED = "an untitled item"
 _STOPWORDS = frozenset("a an and the of for with in on to by from at is it its this that or as be".split())
@@ -52,7 +52,7 @@ def title_words(title: str | None) -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z0-9]+", title.lower()) if w not in _STOPWORDS and len(w) > 1)
 
 
-def denoise(split: Split, users: np.ndarray, lengths: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def denoise(split: SplitView, users: np.ndarray, lengths: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Boolean mask of samples to keep: drop those whose target title shares no word with the history titles
     (samples whose target has no title are kept)."""
     words = [title_words(t) for t in split.titles]
@@ -85,7 +85,7 @@ def diversity_sample(lengths: np.ndarray, popularity: np.ndarray, size: int, rng
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
-def select_samples(split: Split, opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
+def select_samples(split: SplitView, opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
                    targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training samples an RA-Rec paradigm trains on: denoised (``opts['denoise']``), then
     ``opts['train_fraction']`` of them, drawn by diversity sampling (``opts['diversity']``) or uniformly."""
@@ -293,7 +293,7 @@ class RARec(Paradigm):
     }
     row_aux = True
 
-    def fit(self, split: Split, context: Context) -> None:
+    def fit(self, split: SplitView, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options
         backbone, encoder = context.llm.backbone, context.encoder
         self.micro_batch = opts["micro_batch"] or auto_micro_batch(backbone, self._prompt_budget())
@@ -306,8 +306,7 @@ class RARec(Paradigm):
         histories = [split.train_history(int(u))[:int(n)] for u, n in zip(users, lengths)]
         self._sample_prompts = [self._prompt(h) for h in histories]
         self._sample_reps = encoder.user_representations(histories).float()
-        self._stage_prompts = {stage: [self._prompt(split.history(int(u), stage)) for u in split.users]
-                               for stage in STAGES}
+        self._stage_prompts: dict[str, list] = {}
         titles = [split.titles[i] or UNTITLED for i in range(1, min(65, split.n_items))]
         self._towers.calibrate([opts["hard_prompt"], *titles],
                                self._sample_reps[:1024], self._item_reps[1:1025])
@@ -321,8 +320,7 @@ class RARec(Paradigm):
                              context.progress, desc=f"{self.name} fit", learning_rate=opts["learning_rate"],
                              warmup_steps=opts["warmup_steps"])
             self.info = {**info, **self.info, "trained": True}
-        self._items = self._item_vectors()
-        self._users = {stage: self._user_vectors(stage) for stage in STAGES}
+        self._items, self._users = self._item_vectors(), {}
 
     def _tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
         return self._ctx.llm.backbone.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
@@ -382,26 +380,34 @@ class RARec(Paradigm):
             rows.append(self._towers(side, reps[start:start + step], tokens[start:start + step]).cpu())
         return torch.cat(rows)
 
+    def _prompts(self, stage: str) -> list:
+        """Every user's ``stage`` prompt (fitted text, token ids), built on first use."""
+        if stage not in self._stage_prompts:
+            self._stage_prompts[stage] = [self._prompt(self._split.history(int(u), stage)) for u in self._split.users]
+        return self._stage_prompts[stage]
+
     def _user_vectors(self, stage: str) -> torch.Tensor:
         reps = self._ctx.encoder.stage_representations(self._split, stage)[1:].float()
-        return self._batched("user", reps, [p[1] for p in self._stage_prompts[stage]])
+        return self._batched("user", reps, [p[1] for p in self._prompts(stage)])
 
     def _item_vectors(self) -> torch.Tensor:
         return self._batched("item", self._item_reps[1:], self._item_tokens[1:])
 
     def _validate(self) -> float:
         self._users, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
-        return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
+        return self._ctx.validate(self.score)
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
+        if stage not in self._users:
+            self._users[stage] = self._user_vectors(stage)
         return self._users[stage][torch.as_tensor(users)] @ self._items.T
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
         read = self._ctx.encoder.max_seq_len if self._ctx.options["ids"] else 0
         rows = []
         for user in users:
-            fitted = self._stage_prompts[stage][int(user) - 1][0]
+            fitted = self._prompts(stage)[int(user) - 1][0]
             history_len = len(self._split.history(int(user), stage))
             rows.append(TokenUsage(user=int(user), hard_tokens=fitted.tokens, soft_tokens=self._towers.user.length,
                                    history_len=history_len, history_kept=max(fitted.kept, min(read, history_len))))

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.contract import SplitView
 from bench.errors import BenchError
 from bench.registry import Context, Paradigm, TokenUsage, register
 from bench.soft_prompts import LayerProjectors, block_input_scales, injected
-from bench.split import STAGES, Split
-from bench.training import train_bpr, training_samples, validation_ndcg
+from bench.training import train_bpr, training_samples
 from paradigms.ra_rec import UNTITLED, select_samples
 
 class _Aligner(torch.nn.Module):
@@ -128,7 +128,7 @@ class RARecItems(Paradigm):
         "micro_batch": 64,          # sequences per backbone pass when computing evaluation vectors
     }
 
-    def fit(self, split: Split, context: Context) -> None:
+    def fit(self, split: SplitView, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options
         llm = context.llm
         self._aligner = _Aligner(llm.backbone, context.encoder.item_embeddings.cpu(), opts)
@@ -146,8 +146,7 @@ class RARecItems(Paradigm):
         info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
                          context.progress, extra_loss=extra, desc=f"{self.name} fit")
         self.info = {**info, "samples": int(len(targets))}
-        self._vectors = {stage: self._user_vectors(stage) for stage in STAGES}
-        self._items = self._item_vectors()
+        self._vectors, self._items = {}, self._item_vectors()
 
     # -- the task the shared training loop drives ------------------------------------------------------------
     def parameters(self):
@@ -200,10 +199,12 @@ class RARecItems(Paradigm):
 
     def _validate(self) -> float:
         self._vectors, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
-        return validation_ndcg(self._split, self.score, self._ctx.config["eval.chunk_mb"])
+        return self._ctx.validate(self.score)
 
     @torch.no_grad()
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
+        if stage not in self._vectors:
+            self._vectors[stage] = self._user_vectors(stage)
         return self._vectors[stage][torch.as_tensor(users)] @ self._items.T
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:

@@ -18,10 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import registry, runner  # noqa: E402
+from bench import registry, resources  # noqa: E402
 from bench.cache import default_cache_root  # noqa: E402
 from bench.config import load_config  # noqa: E402
 from bench.encoders import load_or_train  # noqa: E402
+from bench.evaluation import fit_paradigm  # noqa: E402
 from bench.registry import Context  # noqa: E402
 from bench.split import build_split  # noqa: E402
 from bench.training import _step  # noqa: E402
@@ -38,12 +39,13 @@ def main() -> None:
     cache = default_cache_root(cfg["cache_dir"])
     split = build_split(cfg, cache)
     encoder = load_or_train(split, cfg, cache)
-    llm = runner.load_llm(cfg, torch.device("cpu"), cache)
+    llm = resources.load_llm(cfg, torch.device("cpu"), cache)
     cls = registry.get(args.paradigm)
     options = {**registry.options_for(cls, cfg), "trained": False}
     paradigm = cls()
-    paradigm.fit(split, Context(config=cfg, options=options, seed=0, device=torch.device("cpu"), cache_dir=cache,
-                                encoder=encoder, llm=llm, generator=runner.seed_everything(0)))
+    fit_paradigm(paradigm, split, Context(config=cfg, options=options, seed=0, device=torch.device("cpu"),
+                                          cache_dir=cache, encoder=encoder, llm=llm,
+                                          generator=resources.seed_everything(0)))
     generator = torch.Generator().manual_seed(0)
     targets = torch.as_tensor(split.train_items, dtype=torch.long)
     samples = torch.randperm(len(paradigm._sample_prompts), generator=generator)[:cfg["train.batch_size"]]

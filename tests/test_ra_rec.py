@@ -5,13 +5,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from bench import encoders, registry, runner
+from bench import encoders, registry, resources
 from bench.config import load_config
+from bench.evaluation import fit_paradigm, validation_ndcg
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import ALIASES, Backbone, _package_file
 from bench.registry import Context
 from bench.split import build_split
-from bench.training import bpr_loss, validation_ndcg
+from bench.training import bpr_loss
 from paradigms.ra_rec import denoise, diversity_sample, info_nce
 from paradigms.ra_rec_items import RARecItems
 
@@ -48,8 +49,8 @@ def _fit(setup, name="ra-rec", encoder=None, **options):
     opts = {**registry.options_for(cls, cfg), **options}
     paradigm = cls()
     context = Context(config=cfg, options=opts, seed=0, device=torch.device("cpu"), cache_dir=None,
-                      encoder=encoder or shared_encoder, llm=llm, generator=runner.seed_everything(0))
-    paradigm.fit(split, context)
+                      encoder=encoder or shared_encoder, llm=llm, generator=resources.seed_everything(0))
+    fit_paradigm(paradigm, split, context)
     return paradigm
 
 
@@ -134,7 +135,7 @@ def test_variants_are_the_same_family_with_other_defaults(setup):
     assert untrained.trainable_parameters() == 0
     full = _fit(setup)  # its epoch 0 is exactly the untrained variant (same seed, same initialisation)
     untrained._users["valid"] = untrained._user_vectors("valid")
-    start = validation_ndcg(setup[1], untrained.score, 64)
+    start = validation_ndcg(setup[1], untrained.score, setup[0])
     assert full.info["history"][0]["valid_ndcg@10"] == pytest.approx(start, abs=1e-12)
 
 
@@ -226,7 +227,7 @@ def test_items_reading_prompt_positions_match_token_accounting(setup):
 def test_items_reading_one_optimisation_step_lowers_the_loss_on_that_batch(setup):
     paradigm = _fit(setup, "ra-rec-items", infonce_weight=0.0)
     optimizer = torch.optim.Adam(paradigm.parameters(), lr=1e-2)
-    samples, items = torch.arange(8), torch.tensor(paradigm._split.train_items[:8])
+    samples, items = torch.arange(8), torch.tensor(setup[1].train_items[:8])
     negatives = torch.arange(1, 20)
 
     def loss():
@@ -274,10 +275,13 @@ def test_no_validation_or_test_item_reaches_training_inputs(birds, cache_root, n
     if isinstance(paradigm, RARecItems):
         users, lengths = paradigm._samples
         training = [paradigm.soft_history(split.train_history(int(u))[:int(n)]) for u, n in zip(users, lengths)]
-        stage = {st: [paradigm.soft_history(split.history(int(u), st)) for u in split.users] for st in ("valid", "test")}
+        stage = {st: [paradigm.soft_history(split.history(int(u), st)) for u in split.users]
+                 for st in ("valid", "test")}
         assert all(canary not in h and validbird not in h for h in training + stage["valid"])
         assert all(canary not in h and h.count(validbird) == 1 for h in stage["test"])
         return
+    for stage in ("valid", "test"):  # as the harness does: test-stage inputs are built when first scored
+        paradigm.score(split.users[:2], stage)
     texts = [p[0].text for p in paradigm._sample_prompts]
     valid_texts = [p[0].text for p in paradigm._stage_prompts["valid"]]
     test_texts = [p[0].text for p in paradigm._stage_prompts["test"]]

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from bench import encoders, registry, runner
+from bench import encoders, registry, resources
 from bench.config import load_config
+from bench.evaluation import fit_paradigm, validation_ndcg
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import ALIASES, Backbone, _package_file
 from bench.registry import Context
 from bench.split import build_split
-from bench.training import validation_ndcg
 
 N_ITEMS, N_USERS = 40, 300
 WORDS = "red blue green lamp chair river stone cloud paper glass wind salt iron moon".split()
@@ -62,15 +62,15 @@ def _fit(cycle, name, **options):
     paradigm = cls()
     context = Context(config=cfg, options={**registry.options_for(cls, cfg), **options}, seed=0,
                       device=torch.device("cpu"), cache_dir=None, encoder=encoder, llm=llm,
-                      generator=runner.seed_everything(0))
-    paradigm.fit(split, context)
-    return validation_ndcg(split, paradigm.score, 64)
+                      generator=resources.seed_everything(0))
+    fit_paradigm(paradigm, split, context)
+    return validation_ndcg(split, paradigm.score, cfg)
 
 
 def test_trained_ra_rec_reaches_its_encoders_accuracy_and_the_untrained_one_does_not(cycle):
     cfg, split, encoder, _ = cycle
     reference = validation_ndcg(split, lambda users, stage: encoder.score(
-        [split.history(int(u), stage) for u in users]), 64)
+        [split.history(int(u), stage) for u in users]), cfg)
     assert reference > 0.8, "the encoder did not learn the cycle; the test data is broken"
     trained = _fit(cycle, "ra-rec", learning_rate=0.1)  # a tiny random backbone needs a large step
     untrained = _fit(cycle, "ra-rec-untrained")

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from bench import registry, runner
+from bench import registry, resources
 from bench.config import load_config
+from bench.evaluation import fit_paradigm
 from bench.registry import Context
 from bench.split import build_split
 
@@ -15,15 +16,15 @@ def fitted(canary_data, cache_root):
     cfg = load_config("smoke", overrides=[{"data": {"dataset": "birds", "data_dir": str(canary_data)},
                                            "cache_dir": str(cache_root)}])
     split = build_split(cfg, cache_root)
-    llm = runner.load_llm(cfg, torch.device("cpu"), cache_root)
+    llm = resources.load_llm(cfg, torch.device("cpu"), cache_root)
     before = {k: v.clone() for k, v in llm.backbone.model.state_dict().items()}
     out = {}
     for name in TEXT_PARADIGMS:
         cls = registry.get(name)
         paradigm = cls()
         context = Context(config=cfg, options=registry.options_for(cls, cfg), seed=0, device=torch.device("cpu"),
-                          cache_dir=cache_root, llm=llm, generator=runner.seed_everything(0))
-        paradigm.fit(split, context)
+                          cache_dir=cache_root, llm=llm, generator=resources.seed_everything(0))
+        fit_paradigm(paradigm, split, context)
         out[name] = paradigm
     return cfg, split, llm, before, out
 
@@ -41,8 +42,8 @@ def test_no_validation_or_test_item_leaks_into_prompts(fitted, name, test_marker
     _, split, _, _, paradigms = fitted
     paradigm = paradigms[name]
     train_texts = [p.text for p in paradigm.train_prompts]
-    valid_texts = [p.text for p in paradigm._stage["valid"][0]]
-    test_texts = [p.text for p in paradigm._stage["test"][0]]
+    valid_texts = [p.text for p in paradigm._stage_prompts("valid")[0]]
+    test_texts = [p.text for p in paradigm._stage_prompts("test")[0]]
     assert len(train_texts) > 0
     for text in train_texts + valid_texts:
         assert test_marker not in text and valid_marker not in text
@@ -59,7 +60,8 @@ def test_token_usage_respects_the_budget(fitted, name):
     for row in rows:
         assert row.hard_tokens <= llm.token_budget and row.soft_tokens == 0
         assert 0 <= row.history_kept <= row.history_len == len(split.history(row.user, "test"))
-        assert row.hard_tokens == llm.backbone.count_tokens(paradigms[name]._stage["test"][0][row.user - 1].text)
+        prompt = paradigms[name]._stage_prompts("test")[0][row.user - 1]
+        assert row.hard_tokens == llm.backbone.count_tokens(prompt.text)
     assert any(r.history_kept < r.history_len for r in rows)  # 64 tokens cannot hold long histories
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from bench import encoders, registry, runner
+from bench import encoders, registry, resources
 from bench.config import load_config
+from bench.evaluation import fit_paradigm
 from bench.registry import Context
 from bench.split import build_split
 from bench.training import _chunked_step, _step
@@ -40,12 +41,12 @@ def test_micro_batched_step_costs_at_most_twice_a_whole_batch_step(tmp_path):
                                             "paradigms.ra-rec.trained=false"])
     split = build_split(cfg, tmp_path)
     encoder = encoders.load_or_train(split, cfg, tmp_path)
-    llm = runner.load_llm(cfg, torch.device("cpu"), tmp_path)
+    llm = resources.load_llm(cfg, torch.device("cpu"), tmp_path)
     cls = registry.get("ra-rec")
     paradigm = cls()
-    paradigm.fit(split, Context(config=cfg, options=registry.options_for(cls, cfg), seed=0,
-                                device=torch.device("cpu"), cache_dir=tmp_path, encoder=encoder, llm=llm,
-                                generator=runner.seed_everything(0)))
+    fit_paradigm(paradigm, split, Context(config=cfg, options=registry.options_for(cls, cfg), seed=0,
+                                          device=torch.device("cpu"), cache_dir=tmp_path, encoder=encoder, llm=llm,
+                                          generator=resources.seed_everything(0)))
     generator = torch.Generator().manual_seed(0)
     samples = torch.randperm(len(paradigm._sample_prompts), generator=generator)[:cfg["train.batch_size"]]
     positives = torch.as_tensor(split.train_items[:len(samples)])

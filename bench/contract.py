@@ -1,0 +1,137 @@
+"""The paradigm contract: what a paradigm implements, what it is given, and what it may see.
+
+A paradigm implements ``fit(split, context)``, ``score(users, stage)`` and ``token_usage(users, stage)``
+(:class:`Paradigm`). ``fit`` receives a :class:`SplitView`, not the split: the training part, the item catalogue
+and the ids, and nothing from which a validation or test target can be read. Early stopping asks the harness
+through ``context.validate(score)``, which ranks on the validation stage and returns one number. After ``fit``
+the harness opens the view for scoring: then ``history(user, "test")`` (which holds the validation item, a
+legitimate test-stage input) becomes readable. Targets are never readable through the view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from bench.config import Config
+from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    from bench.encoders import Encoder
+    from bench.features import FrozenLLM
+    from bench.split import Split
+
+#: ``score(users, stage) -> [len(users), n_items]`` as a paradigm implements it.
+ScoreFn = Callable[[np.ndarray, str], torch.Tensor]
+
+
+class LeakError(BenchError):
+    """A paradigm tried to read validation or test information where it may not."""
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """What one user's prompt costs: positions in the LLM's context, and how much history it carries."""
+
+    user: int
+    hard_tokens: int
+    soft_tokens: int
+    history_len: int
+    history_kept: int
+
+
+def _no_validation(score: ScoreFn) -> float:
+    raise BenchError("context.validate is not set: build the context through bench.evaluation.fit_paradigm")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a paradigm gets besides the split. ``options`` is its own resolved config section;
+    ``validate(score)`` is the harness's validation NDCG@10 of a scorer (the early-stopping signal)."""
+
+    config: Config
+    options: Mapping[str, Any]
+    seed: int
+    device: torch.device
+    cache_dir: Path | None
+    encoder: "Encoder | None" = None
+    llm: "FrozenLLM | None" = None
+    progress: Callable[..., Any] | None = None
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    validate: Callable[[ScoreFn], float] = _no_validation
+
+
+class SplitView:
+    """The split as a paradigm sees it: training histories, item catalogue and ids (no targets).
+
+    ``history(user, stage)`` is the stage's input: for ``valid`` the training history; for ``test`` also the
+    validation item, readable only once the harness has opened the view for scoring (after ``fit``).
+    """
+
+    _SHARED = ("dataset", "user_ids", "item_ids", "titles", "popularity", "stats", "hash", "n_users", "n_items",
+               "users", "has_titles", "train_history")
+
+    def __init__(self, split: "Split"):
+        self.__split = split
+        self.__scoring = False
+
+    def open_for_scoring(self) -> None:
+        """Called by the harness after ``fit``: test-stage histories become readable."""
+        self.__scoring = True
+
+    def __getattr__(self, name: str):
+        if name in self._SHARED:
+            return getattr(self.__split, name)
+        if name in ("valid_target", "test_target", "target", "recbole_path", "recbole_name", "train_offsets",
+                    "train_items"):
+            raise LeakError(f"a paradigm read split.{name}: paradigms see training histories through "
+                            "split.train_history(user) and stage inputs through split.history(user, stage); "
+                            "targets are never readable (early stopping goes through context.validate(score))")
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def history(self, user: int, stage: str) -> np.ndarray:
+        if stage == "test" and not self.__scoring:
+            raise LeakError("fit() read split.history(user, 'test'), which holds the validation target: "
+                            "build test-stage inputs when score(users, 'test') is first called")
+        return self.__split.history(user, stage)
+
+
+class Paradigm:
+    """Base class of every paradigm (subclassing is optional; the three methods are the contract).
+
+    Class attributes: ``name`` (registry key), ``version`` (bumped when results can change),
+    ``description`` (one line for ``bench list``), ``defaults`` (its config keys under ``paradigms.NAME``),
+    ``needs_encoder``/``needs_llm`` (what the runner must provide), ``in_all`` (part of ``--paradigms all``).
+    After ``fit``, ``info`` holds what the run's manifest records about training (``None``: nothing).
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    needs_encoder: ClassVar[bool] = False
+    needs_llm: ClassVar[bool] = False
+    in_all: ClassVar[bool] = True
+    info: dict | None = None
+
+    def fit(self, split: SplitView, context: Context) -> None:
+        """Train whatever the paradigm trains on ``split``'s training part."""
+        raise NotImplementedError
+
+    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
+        """Scores ``[len(users), split.n_items]`` (higher is better) of every item for each internal user id.
+
+        ``stage`` is ``"valid"`` or ``"test"``; for ``"test"`` the validation item is part of the history.
+        """
+        raise NotImplementedError
+
+    def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage] | None:
+        """Prompt cost per user, or ``None`` for paradigms without an LLM."""
+        return None
+
+    def trainable_parameters(self) -> int:
+        """Number of parameters ``fit`` trains (0 for fixed scorers)."""
+        return 0

@@ -1,0 +1,85 @@
+"""One evaluator for everything that ranks: early stopping during ``fit`` and the reported evaluation.
+
+:func:`stage_ranks` ranks every user's target of a stage over all items, masking history items when
+``eval.mask_history`` is set, for both uses. :func:`fit_paradigm` is the only way the harness trains a
+paradigm: on a :class:`~bench.contract.SplitView` with ``context.validate`` bound to this evaluator.
+:func:`run_job` fits one (arm, seed) job and evaluates it on every stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from bench.config import Config
+from bench.contract import Context, Paradigm, ScoreFn, SplitView
+from bench.metrics import evaluate_ranks, metrics_from_ranks
+from bench.resources import Resources, Timings, seed_everything
+from bench.split import STAGES, Split
+
+
+def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, chunk_mb: int, progress=None,
+                desc: str = "rank") -> np.ndarray:
+    """[n_users - 1] rank (1 = best) of each real user's ``stage`` target under ``score``; with ``mask_history``
+    the items of the user's history before that stage are excluded from the ranking."""
+    users = split.users
+    histories = [split.history(int(u), stage) for u in users] if mask_history else None
+    return evaluate_ranks(lambda chunk: score(chunk, stage), users, split.target(stage)[users], histories,
+                          split.n_items, chunk_mb, progress, desc)
+
+
+def validation_ndcg(split: Split, score: ScoreFn, cfg: Config) -> float:
+    """Mean validation NDCG@10 of ``score`` under ``cfg``'s ``eval`` rules: the early-stopping signal."""
+    ranks = stage_ranks(score, split, "valid", cfg["eval.mask_history"], cfg["eval.chunk_mb"])
+    return float(metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"].mean())
+
+
+def fit_paradigm(paradigm: Paradigm, split: Split, context: Context) -> SplitView:
+    """Fit ``paradigm`` on the training view of ``split`` with ``context.validate`` bound to the evaluator;
+    return the view, opened for scoring."""
+    view = SplitView(split)
+    validate: Callable[[ScoreFn], float] = lambda score: validation_ndcg(split, score, context.config)  # noqa: E731
+    paradigm.fit(view, dataclasses.replace(context, validate=validate))
+    view.open_for_scoring()
+    return view
+
+
+def run_job(arm, seed: int, resources: Resources, timings: Timings) -> tuple[pd.DataFrame, dict]:
+    """Fit one arm with one seed and evaluate it on every stage: (per-user rows, job record)."""
+    cfg, split = arm.config, resources.split
+    llm = resources.llm_for(cfg) if arm.cls.needs_llm else None
+    context = Context(config=cfg, options=arm.options, seed=seed, device=resources.device,
+                      cache_dir=resources.cache_root, encoder=resources.encoder, llm=llm,
+                      progress=resources.progress, generator=seed_everything(seed))
+    paradigm = arm.cls()
+    tag = f"{arm.label}/seed{seed}"
+    with timings(f"{tag}/fit"):
+        fit_paradigm(paradigm, split, context)
+    frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources.progress, timings)
+              for stage in STAGES]
+    info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
+            "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
+            "training": getattr(paradigm, "info", None)}
+    record = {"label": arm.label, "seed": seed, "version": arm.cls.version,
+              "tokens": _token_rows(paradigm, arm.label, split) if seed == cfg["seeds"][0] else [], "info": info}
+    return pd.concat(frames, ignore_index=True), record
+
+
+def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: Split, cfg: Config, progress,
+                 timings: Timings) -> pd.DataFrame:
+    tag = f"{label}/seed{seed}"
+    with timings(f"{tag}/score_{stage}"):
+        ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
+                            progress, f"{tag} {stage}")
+    frame = pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "user": split.user_ids[split.users],
+                          "rank": ranks})
+    for name, values in metrics_from_ranks(ranks, cfg["eval.metrics"], cfg["eval.ks"]).items():
+        frame[name] = values
+    return frame
+
+
+def _token_rows(paradigm: Paradigm, label: str, split: Split) -> list[tuple]:
+    return [(label, str(split.user_ids[t.user]), t.hard_tokens, t.soft_tokens, t.history_len, t.history_kept)
+            for t in paradigm.token_usage(split.users, "test") or []]

@@ -1,0 +1,101 @@
+"""The shared resources of a run: device, split, ID encoder and frozen backbones, each loaded once.
+
+Every paradigm of a run (and every arm of a sweep) gets the same split and encoder; a backbone is loaded once
+per (backbone, dtype) and shared by every arm that asks for it, whatever their ``llm.token_budget``.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from bench.cache import default_cache_root
+from bench.config import Config
+from bench.encoders import Encoder, load_or_train
+from bench.errors import BenchError
+from bench.features import FeatureStore, FrozenLLM
+from bench.llm import Backbone, load_backbone
+from bench.split import build_split
+
+
+class Timings(dict):
+    """Wall-clock seconds per named stage, filled by ``with timings("name"): ...``."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: torch sees no GPU here; use --device cpu or auto")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch generator seeded the same way for the paradigm."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def frozen_llm(backbone: Backbone, cfg: Config, cache_root: Path) -> FrozenLLM:
+    """``backbone`` with feature caches for ``cfg``'s ``llm`` section; the prompt budget is capped by the
+    context window."""
+    cap = cfg["llm.token_budget"]
+    budget = backbone.context_window if cap is None else min(cap, backbone.context_window)
+    batch = cfg["llm.batch_size"]
+    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, budget, batch),
+                     FeatureStore(backbone, cache_root, cfg["llm.item_max_tokens"], batch), budget)
+
+
+def load_llm(cfg: Config, device: torch.device, cache_root: Path, progress=None) -> FrozenLLM:
+    """Load ``cfg``'s backbone and wrap it with its feature caches (:func:`frozen_llm`)."""
+    backbone = load_backbone(cfg["llm.backbone"], device, cfg["llm.dtype"], cache_root, progress)
+    return frozen_llm(backbone, cfg, cache_root)
+
+
+class Resources:
+    """The split, encoder and backbones of a run, loaded once and on demand."""
+
+    def __init__(self, cfg: Config, device: torch.device, progress: Callable | None, timings: Timings):
+        self.cfg, self.device, self.progress, self.timings = cfg, device, progress, timings
+        self.cache_root = default_cache_root(cfg["cache_dir"])
+        self.encoder: Encoder | None = None
+        self.backbones: dict[tuple[str, str], Backbone] = {}
+        self._llms: dict[str, FrozenLLM] = {}
+        with timings("split"):
+            self.split = build_split(cfg, self.cache_root, progress)
+
+    def prepare(self, run_arms: list) -> None:
+        """Load what the arms need before the first job: the encoder, and every backbone."""
+        if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
+            with self.timings("encoder"):
+                self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
+        for arm in run_arms:
+            if arm.cls.needs_llm:
+                self.llm_for(arm.config)
+
+    def llm_for(self, cfg: Config) -> FrozenLLM:
+        """The frozen LLM for an arm's config: its backbone loaded once per (backbone, dtype)."""
+        key = (cfg["llm.backbone"], cfg["llm.dtype"])
+        if key not in self.backbones:
+            with self.timings("llm_load"):
+                self.backbones[key] = load_backbone(key[0], self.device, key[1], self.cache_root, self.progress)
+        section = cfg.section_hash("llm")
+        if section not in self._llms:
+            self._llms[section] = frozen_llm(self.backbones[key], cfg, self.cache_root)
+        return self._llms[section]
