@@ -21,14 +21,17 @@ from typing import Any, Iterator
 FORMAT = 1
 
 
+def bench_home() -> Path:
+    """``$XDG_CACHE_HOME/bench`` (``~/.cache/bench``): where bench keeps caches and data unless told otherwise."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench"
+
+
 def default_cache_root(configured: str | None) -> Path:
-    """The cache folder: the config's ``cache_dir``, else ``$BENCH_CACHE``, else ``~/.cache/bench``."""
+    """The cache folder: the config's ``cache_dir``, else ``$BENCH_CACHE``, else :func:`bench_home`."""
     if configured:
         return Path(configured).expanduser()
     env = os.environ.get("BENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench"
+    return Path(env).expanduser() if env else bench_home()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
     from bench.runner import resume, run
 
-    argv = ["bench", *sys.argv[1:]]
+    argv = args.argv
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS if getattr(args, name)]
         if given:
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
     from bench.config import presets
-    from bench.data import BUILTIN
+    from bench.data import DATASETS
 
     print("paradigms:")
     for name in registry.names():
@@ -120,7 +120,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<18} v{cls.version:<4} {cls.description}{tag}")
         if options:
             print(f"  {'':<24}options: {options}")
-    print("datasets:\n  " + ", ".join(BUILTIN) + ", or NAME with --data-dir DIR holding NAME/NAME.inter")
+    print("datasets:\n  " + ", ".join(DATASETS.names()) + ", or NAME with --data-dir DIR holding NAME/NAME.inter")
     print("presets:\n  " + ", ".join(presets()))
     return 0
 
@@ -156,6 +156,7 @@ def _one_line_warnings(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``bench`` and ``python -m bench``; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = ["bench", *(sys.argv[1:] if argv is None else argv)]  # recorded in the run's manifest
     warnings.formatwarning = _one_line_warnings
     handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)

@@ -72,7 +72,7 @@ class SplitView:
     """
 
     _SHARED = ("dataset", "user_ids", "item_ids", "titles", "popularity", "stats", "hash", "n_users", "n_items",
-               "users", "has_titles", "train_history")
+               "users", "has_titles", "title", "train_history")
 
     def __init__(self, split: "Split"):
         self.__split = split

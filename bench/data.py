@@ -19,17 +19,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.cache import bench_home
+from bench.config import suggest
 from bench.errors import BenchError
+from bench.progress import progress_bar
+from bench.registry import Registry
 
-#: Short names of the Amazon data sets on RecBole's dataset hub (2014 release; recbole's url.yaml).
-REMOTE = {
-    "book": ("Amazon_Books",
-             "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/Amazon_ratings/Amazon_Books.zip"),
-    "cloth": ("Amazon_Clothing_Shoes_and_Jewelry",
-              "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/Amazon_ratings/"
-              "Amazon_Clothing_Shoes_and_Jewelry.zip"),
-}
-BUILTIN = ("ml-100k",) + tuple(REMOTE)
+@dataclass(frozen=True)
+class KnownDataset:
+    """A data set bench knows by name: its RecBole folder/file name and, for hub data, the archive to fetch
+    (``url`` None: it ships with the recbole wheel)."""
+
+    folder: str
+    url: str | None = None
+
+
+#: Data sets known by name (plugins: entry-point group ``bench.datasets``); any other NAME is looked up as
+#: DATA_DIR/NAME/NAME.inter.
+DATASETS: Registry[KnownDataset] = Registry("dataset", entry_point_group="bench.datasets")
+DATASETS.add("ml-100k", KnownDataset("ml-100k"), origin="bench.data")
+_HUB = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/Amazon_ratings/"  # 2014 release
+DATASETS.add("book", KnownDataset("Amazon_Books", _HUB + "Amazon_Books.zip"), origin="bench.data")
+DATASETS.add("cloth", KnownDataset("Amazon_Clothing_Shoes_and_Jewelry",
+                                   _HUB + "Amazon_Clothing_Shoes_and_Jewelry.zip"), origin="bench.data")
 TITLE_FIELDS = ("title", "movie_title", "item_title", "name")
 
 
@@ -48,7 +60,7 @@ def default_data_dir(configured: str | None) -> Path:
         return Path(configured).expanduser()
     if os.environ.get("BENCH_DATA"):
         return Path(os.environ["BENCH_DATA"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench" / "data"
+    return bench_home() / "data"
 
 
 def _files_in(folder: Path, name: str) -> DatasetFiles | None:
@@ -70,35 +82,35 @@ def _recbole_example_dir() -> Path:
 
 def locate_dataset(name: str, data_dir: Path, download: bool = True, progress=None) -> DatasetFiles:
     """Find data set ``name`` in ``data_dir`` (or the recbole wheel for ml-100k), downloading book/cloth."""
-    folder_name = REMOTE[name][0] if name in REMOTE else name
+    known = DATASETS.get(name) if name in DATASETS else None
+    folder_name = known.folder if known else name
     found = _files_in(data_dir / folder_name, folder_name)
     if found:
         return found
-    if name == "ml-100k":
-        found = _files_in(_recbole_example_dir() / "ml-100k", "ml-100k")
+    if known and known.url is None:
+        found = _files_in(_recbole_example_dir() / folder_name, folder_name)
         if found:
             return found
-    if name in REMOTE:
+    if known and known.url:
         target = data_dir / folder_name
         if not download:
             raise BenchError(
                 f"dataset '{name}' is not in {target}: place {folder_name}.inter and {folder_name}.item there "
-                f"(from {REMOTE[name][1]}) or set data.download=true")
+                f"(from {known.url}) or set data.download=true")
         download_remote(name, target, progress)
         found = _files_in(target, folder_name)
         if found:
             return found
         raise BenchError(f"the archive for '{name}' did not contain {folder_name}.inter; remove {target} and retry")
-    from bench.config import suggest
-
     raise BenchError(
-        f"unknown dataset '{name}'{suggest(name, BUILTIN)}: no file {data_dir / name / (name + '.inter')}; "
-        f"use one of {', '.join(BUILTIN)} or pass --data-dir DIR holding NAME/NAME.inter")
+        f"unknown dataset '{name}'{suggest(name, DATASETS.names())}: no file {data_dir / name / (name + '.inter')};"
+        f" use one of {', '.join(DATASETS.names())} or pass --data-dir DIR holding NAME/NAME.inter")
 
 
 def download_remote(name: str, target: Path, progress=None, attempts: int = 3) -> None:
     """Download and unpack a hub data set into ``target`` (progress bar, size check, retries)."""
-    folder_name, url = REMOTE[name]
+    known = DATASETS.get(name)
+    folder_name, url = known.folder, known.url
     target.mkdir(parents=True, exist_ok=True)
     archive = target / f"{folder_name}.zip"
     last_error: Exception | None = None
@@ -129,17 +141,13 @@ def download_remote(name: str, target: Path, progress=None, attempts: int = 3) -
 def _fetch(url: str, dest: Path, progress=None) -> None:
     with urllib.request.urlopen(url, timeout=60) as response:
         expected = int(response.headers.get("Content-Length") or 0)
-        bar = progress(total=expected or None, unit="B", unit_scale=True, desc=f"download {dest.name}") \
-            if progress else None
         got = 0
-        with open(dest, "wb") as out:
+        with progress_bar(progress, total=expected or None, unit="B", unit_scale=True,
+                          desc=f"download {dest.name}") as bar, open(dest, "wb") as out:
             while block := response.read(1 << 20):
                 out.write(block)
                 got += len(block)
-                if bar:
-                    bar.update(len(block))
-        if bar:
-            bar.close()
+                bar.update(len(block))
     if expected and got != expected:
         raise ValueError(f"size mismatch: got {got} of {expected} bytes")
 

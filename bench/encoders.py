@@ -18,6 +18,7 @@ from bench.cache import CacheEntry
 from bench.compat import recbole_config, recbole_workdir
 from bench.config import Config, stable_hash, thaw
 from bench.errors import BenchError
+from bench.progress import progress_bar
 from bench.split import Split, recbole_settings, split_from_recbole
 
 if TYPE_CHECKING:
@@ -194,17 +195,13 @@ def _train(split: Split, cfg: Config, out: Path, logdir: Path, device: str, prog
                              "use SASRec or GRU4Rec (or another sequential model)") from None
         model = model_class(rb_config, train.dataset).to(rb_config["device"])
         trainer = get_trainer(rb_config["MODEL_TYPE"], cfg["encoder.model"])(rb_config, model)
-        bar = progress(total=cfg["encoder.epochs"] * len(train), desc=f"train {cfg['encoder.model']}",
-                       unit="batch") if progress else None
-
-        def on_epoch(epoch: int, valid_score: float) -> None:
-            if bar:
+        with progress_bar(progress, total=cfg["encoder.epochs"] * len(train), desc=f"train {cfg['encoder.model']}",
+                          unit="batch") as bar:
+            def on_epoch(epoch: int, valid_score: float) -> None:
                 bar.set_postfix(epoch=epoch + 1, valid_ndcg10=f"{valid_score:.4f}")
 
-        loader = _CountingLoader(train, bar.update if bar else None)
-        best, _ = trainer.fit(loader, valid, saved=True, show_progress=False, callback_fn=on_epoch)
-        if bar:
-            bar.close()
+            loader = _CountingLoader(train, bar.update)
+            best, _ = trainer.fit(loader, valid, saved=True, show_progress=False, callback_fn=on_epoch)
         checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
     torch.save(checkpoint["state_dict"], out / "model.pt")
     return {"model": cfg["encoder.model"], "best_valid_ndcg@10": float(best), "best_epoch": checkpoint["epoch"],

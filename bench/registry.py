@@ -1,52 +1,152 @@
-"""The paradigm registry (the contract itself lives in :mod:`bench.contract` and is re-exported here).
+"""Registries: one generic :class:`Registry` for everything a user can name, and the paradigm registry.
 
-A paradigm is a class with ``fit(split, context)``, ``score(users, stage)`` and ``token_usage(users, stage)``,
-registered with :func:`register`. Built-in paradigms are imported lazily, on first use; third-party packages
-register through the entry-point group ``bench.paradigms`` (name = paradigm name, value = ``module:Class``
-or a module that registers on import). Registration validates the class (pluggy-style), so a broken
-plugin fails when it is loaded, with its package named, not halfway through a run.
+A :class:`Registry` maps names to objects. Entries are added with the decorator :meth:`Registry.register`, or
+lazily as ``"module:object"`` / ``"module"`` strings that are imported on first use. Unknown names get a
+did-you-mean error; a registry with an entry-point group also finds third-party plugins. Four registries use
+it: paradigms (here), metrics (``bench.metrics.METRICS``), data sets (``bench.data.DATASETS``) and backbone
+aliases (``bench.llm.BACKBONES``).
+
+Paradigms: the contract lives in :mod:`bench.contract` (re-exported here, so plugins keep writing
+``from bench.registry import Paradigm, register``). Built-in paradigms are found by reading the
+``@register("name")`` decorators of the modules in ``paradigms/`` (no import, no second list); third-party
+packages register through the entry-point group ``bench.paradigms`` (name = paradigm name, value =
+``module:Class`` or a module that registers on import). Registration validates the class (pluggy-style), so a
+broken plugin fails when it is loaded, with its package named, not halfway through a run.
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import fnmatch
 import importlib
 import inspect
 import re
 import warnings
 from importlib import metadata
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from bench.config import Config, suggest
 from bench.contract import Context, Paradigm, SplitView, TokenUsage
 from bench.errors import BenchError
 
-__all__ = ["Context", "Paradigm", "SplitView", "TokenUsage", "get", "names", "options_for", "register", "resolve"]
+__all__ = ["Context", "PARADIGMS", "Paradigm", "Registry", "SplitView", "TokenUsage", "get", "names",
+           "options_for", "register", "resolve"]
 
-ENTRY_POINT_GROUP = "bench.paradigms"
-#: Built-in paradigm name -> module that registers it (imported only when the paradigm is needed).
-BUILTIN: dict[str, str] = {
-    "pop": "paradigms.baselines",
-    "sasrec": "paradigms.baselines",
-    "id-direct": "paradigms.id_direct",
-    "id-translation": "paradigms.id_translation",
-    "ra-rec": "paradigms.ra_rec",
-    "ra-rec-noid": "paradigms.ra_rec",
-    "ra-rec-input": "paradigms.ra_rec",
-    "ra-rec-noinst": "paradigms.ra_rec",
-    "ra-rec-noinfonce": "paradigms.ra_rec",
-    "ra-rec-untrained": "paradigms.ra_rec",
-    "ra-rec-items": "paradigms.ra_rec_items",
-}
+T = TypeVar("T")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
-_REGISTRY: dict[str, type] = {}
-_ORIGIN: dict[str, str] = {}
-_PLUGINS_LOADED = False
-_PLUGIN_ERRORS: dict[str, str] = {}
+class Registry(Generic[T]):
+    """Names -> objects of one ``kind`` (``"paradigm"``, ``"metric"``, ...).
+
+    ``check(obj, name)`` (optional) validates an object when it is registered and raises ``TypeError`` when it
+    does not meet the kind's contract. ``entry_point_group`` (optional) is where installed packages add entries.
+    """
+
+    def __init__(self, kind: str, check: Callable[[Any, str], None] | None = None,
+                 entry_point_group: str | None = None, hint: str = ""):
+        self.kind, self.check, self.group, self.hint = kind, check, entry_point_group, hint
+        self._lazy: dict[str, str] = {}
+        self._objects: dict[str, T] = {}
+        self._origin: dict[str, str] = {}
+        self._plugin_errors: dict[str, str] = {}
+        self._plugins_loaded = entry_point_group is None
+
+    # -- adding entries --------------------------------------------------------------------------------------
+    def add(self, name: str, obj: T, origin: str | None = None) -> T:
+        """Register ``obj`` under ``name``; ``ValueError`` for a bad or taken name, ``TypeError`` from ``check``."""
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"{self.kind} name {name!r} is invalid: use lower case letters, digits, '-', '_', '.'")
+        if self.check:
+            self.check(obj, name)
+        origin = origin or f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', name)}"
+        if name in self._objects and self._origin[name] != origin:
+            raise ValueError(f"{self.kind} '{name}' is already registered by {self._origin[name]}; {origin} must "
+                             "use another name")
+        self._objects[name] = obj
+        self._origin[name] = origin
+        return obj
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("name")`` (default name: the object's ``name`` attribute)."""
+        def decorate(obj: T) -> T:
+            key = name or getattr(obj, "name", "")
+            self.add(key, obj)
+            if isinstance(obj, type):
+                obj.name = key
+            return obj
+
+        return decorate
+
+    def add_lazy(self, name: str, target: str) -> None:
+        """``target`` is ``"module:object"`` (registered under ``name`` when first asked for) or ``"module"``
+        (a module whose import registers ``name``)."""
+        self._lazy[name] = target
+
+    # -- looking up ------------------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every name that can be asked for, sorted (lazy entries and plugins included)."""
+        self._load_plugins()
+        return sorted(set(self._lazy) | set(self._objects))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._objects or name in self._lazy or name in self.names()
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``; a did-you-mean error for an unknown name."""
+        if name not in self._objects and name in self._lazy:
+            self._resolve_lazy(name)
+        if name not in self._objects:
+            self._load_plugins()
+        if name in self._objects:
+            return self._objects[name]
+        if name in self._plugin_errors:
+            raise BenchError(f"{self.kind} '{name}' failed to load ({self._plugin_errors[name]})")
+        hint = self.hint or f"known: {', '.join(self.names())}"
+        raise BenchError(f"unknown {self.kind} '{name}'{suggest(name, self.names())}; {hint}")
+
+    def _resolve_lazy(self, name: str) -> None:
+        module, _, attr = self._lazy[name].partition(":")
+        loaded = importlib.import_module(module)
+        if attr and name not in self._objects:
+            self.add(name, getattr(loaded, attr))
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in metadata.entry_points(group=self.group):
+            package = ep.dist.name if ep.dist else ep.value
+            try:
+                if ep.name in self._lazy:
+                    raise ValueError(f"the name '{ep.name}' belongs to a built-in {self.kind}; register under "
+                                     "another name")
+                obj = ep.load()
+                if ep.name not in self._objects and inspect.ismodule(obj):
+                    raise TypeError(f"entry point {ep.value} registered no {self.kind} '{ep.name}'")
+                if ep.name not in self._objects:
+                    self.register(ep.name)(obj)
+            except Exception as exc:  # a broken plugin must not take the others down
+                self._plugin_errors[ep.name] = f"{package}: {exc}"
+                warnings.warn(f"skipping {self.kind} plugin '{ep.name}' from package {package}: {exc}", stacklevel=3)
+
+    @contextlib.contextmanager
+    def isolated(self) -> Iterator["Registry[T]"]:
+        """Everything registered inside the block is forgotten after it (for tests); lazy entries are
+        resolved first so the built-ins stay."""
+        for name in list(self._lazy):
+            self.get(name)
+        saved = dict(self._objects), dict(self._origin), dict(self._plugin_errors), self._plugins_loaded
+        try:
+            yield self
+        finally:
+            self._objects, self._origin, self._plugin_errors = (dict(x) for x in saved[:3])
+            self._plugins_loaded = saved[3]
 
 
-def _check_contract(cls: type, name: str) -> None:
+# -- paradigms -------------------------------------------------------------------------------------------------
+def _check_contract(cls: Any, name: str) -> None:
     if not isinstance(cls, type):
         raise TypeError(f"paradigm '{name}': register a class, got {type(cls).__name__}")
     for method, params in (("fit", 2), ("score", 2), ("token_usage", 2)):
@@ -63,68 +163,44 @@ def _check_contract(cls: type, name: str) -> None:
         raise TypeError(f"paradigm '{name}': class attribute 'defaults' must be a mapping")
 
 
+PARADIGMS: Registry[type] = Registry("paradigm", _check_contract, "bench.paradigms",
+                                     hint="`bench list` shows them all")
+BUILTIN_PACKAGE = Path(__file__).resolve().parent.parent / "paradigms"
+
+
+def builtin_paradigms(package: Path = BUILTIN_PACKAGE) -> dict[str, str]:
+    """Paradigm name -> module, read from the ``@register("name")`` decorators in ``package`` (not imported)."""
+    found = {}
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                for deco in node.decorator_list:
+                    if (isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "register" and deco.args
+                            and isinstance(deco.args[0], ast.Constant)):
+                        found[deco.args[0].value] = f"{package.name}.{path.stem}"
+    return found
+
+
+for _name, _module in builtin_paradigms().items():
+    PARADIGMS.add_lazy(_name, _module)
+
+
 def register(name: str | None = None):
     """Class decorator: register a paradigm under ``name`` (default: the class's ``name`` attribute).
 
     Raises ``ValueError`` for a bad or duplicate name and ``TypeError`` when the contract is not met.
     """
-
-    def decorate(cls: type) -> type:
-        key = name or getattr(cls, "name", "")
-        if not isinstance(key, str) or not _NAME.match(key):
-            raise ValueError(f"paradigm name {key!r} is invalid: use lower case letters, digits, '-', '_', '.'")
-        _check_contract(cls, key)
-        origin = f"{cls.__module__}.{cls.__qualname__}"
-        if key in _REGISTRY and _ORIGIN[key] != origin:
-            raise ValueError(f"paradigm '{key}' is already registered by {_ORIGIN[key]}; {origin} must use "
-                             "another name")
-        cls.name = key
-        _REGISTRY[key] = cls
-        _ORIGIN[key] = origin
-        return cls
-
-    return decorate
-
-
-def _load_plugins() -> None:
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        package = ep.dist.name if ep.dist else ep.value
-        try:
-            if ep.name in BUILTIN:
-                raise ValueError(f"the name '{ep.name}' belongs to a built-in paradigm; register under another name")
-            obj = ep.load()
-            if isinstance(obj, type) and ep.name not in _REGISTRY:
-                register(ep.name)(obj)
-            elif ep.name not in _REGISTRY:
-                raise TypeError(f"entry point {ep.value} registered no paradigm '{ep.name}'")
-        except Exception as exc:  # a broken plugin must not take the others down
-            _PLUGIN_ERRORS[ep.name] = f"{package}: {exc}"
-            warnings.warn(f"skipping paradigm plugin '{ep.name}' from package {package}: {exc}", stacklevel=2)
+    return PARADIGMS.register(name)
 
 
 def names() -> list[str]:
     """Every paradigm name that can be requested (built-in and plugins), sorted."""
-    _load_plugins()
-    return sorted(set(BUILTIN) | set(_REGISTRY))
+    return PARADIGMS.names()
 
 
 def get(name: str) -> type:
     """The paradigm class registered as ``name``; imports a built-in module on first use."""
-    if name not in _REGISTRY and name in BUILTIN:
-        importlib.import_module(BUILTIN[name])
-    if name not in _REGISTRY:
-        _load_plugins()
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in _PLUGIN_ERRORS:
-        raise BenchError(f"paradigm '{name}' failed to load ({_PLUGIN_ERRORS[name]})")
-    raise BenchError(f"unknown paradigm '{name}'{suggest(name, names())}; `bench list` shows them all")
-
-
+    return PARADIGMS.get(name)
 def resolve(spec: str) -> list[type]:
     """Paradigm classes for a ``--paradigms`` value: ``all``, a comma list, and/or globs like ``ra-rec*``."""
     chosen: list[str] = []

@@ -20,11 +20,11 @@ import pandas as pd
 from bench.cache import atomic_write_text
 from bench.config import Config, load_config
 from bench.errors import BenchError
+from bench.metrics import METRICS
 
 FORMAT_VERSION = 1
 ID_COLUMNS = ("paradigm", "seed", "stage", "user", "rank")
 MAIN_METRICS = ("hit@100", "ndcg@10")
-METRIC_NAMES = {"hit": "HR", "ndcg": "NDCG", "mrr": "MRR"}
 TOKEN_COLUMNS = ("paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept")
 FILES = ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")
 
@@ -32,7 +32,7 @@ FILES = ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")
 def display_name(metric: str) -> str:
     """``ndcg@10`` -> ``NDCG@10``."""
     name, _, k = metric.partition("@")
-    return f"{METRIC_NAMES.get(name, name)}@{k}"
+    return f"{METRICS.get(name).label if name in METRICS else name}@{k}"
 
 
 def metric_columns(per_user: pd.DataFrame) -> list[str]:

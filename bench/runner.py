@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import plan, registry, report
+from bench import metrics, plan, registry, report
 from bench.config import Config, suggest
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
@@ -39,6 +39,7 @@ def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | No
     continued with :func:`resume`."""
     out = Path(out) if out else default_run_dir(cfg)
     _check_paradigm_sections(cfg)
+    metrics.check_config(cfg)
     parsed = plan.parse_sweep(sweep)
     run_arms = plan.arms(spec, cfg, parsed)
     state = RunState(out)

@@ -22,6 +22,8 @@ from bench.errors import BenchError
 
 SPLIT_VERSION = "1"
 STAGES = ("valid", "test")
+#: The text every paradigm shows for an item without a title.
+UNTITLED = "an untitled item"
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +65,10 @@ class Split:
     @property
     def has_titles(self) -> bool:
         return any(t is not None for t in self.titles)
+
+    def title(self, item: int) -> str:
+        """The item's title, or :data:`UNTITLED` when it has none."""
+        return self.titles[item] or UNTITLED
 
     def train_history(self, user: int) -> np.ndarray:
         """User's training items, oldest first."""

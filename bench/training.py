@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import Config
+from bench.progress import progress_bar
 from bench.split import Split
 
 if TYPE_CHECKING:
@@ -81,40 +82,45 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg["train.weight_decay"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
     target_t = torch.as_tensor(targets, dtype=torch.long)
-    batch, n_neg = cfg["train.batch_size"], cfg["train.negatives"]
     start = time.perf_counter()
     best = validate()
     best_state, best_epoch, bad_epochs = copy.deepcopy(_state(task)), 0, 0
     history = [{"epoch": 0, "loss": None, "valid_ndcg@10": best}]
-    n_batches = (len(targets) + batch - 1) // batch
-    bar = progress(total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False) if progress else None
-    for epoch in range(1, cfg["train.epochs"] + 1):
-        order = torch.randperm(len(targets), generator=generator)
-        losses = []
-        for begin in range(0, len(order), batch):
-            idx = order[begin:begin + batch]
-            negatives = torch.randint(1, n_items, (n_neg,), generator=generator)
-            optimizer.zero_grad()
-            losses.append(_step(task, idx, target_t[idx], negatives, extra_loss))
-            optimizer.step()
-            schedule.step()
-            if bar:
-                bar.update(1)
-        score = validate()
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "valid_ndcg@10": score})
-        if bar:
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.4f}", valid_ndcg10=f"{score:.4f}")
-        if score > best:
-            best, best_state, best_epoch, bad_epochs = score, copy.deepcopy(_state(task)), epoch, 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg["train.stopping_step"]:
-                break
-    if bar:
-        bar.close()
+    n_batches = -(-len(targets) // cfg["train.batch_size"])
+    with progress_bar(progress, total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False) as bar:
+        for epoch in range(1, cfg["train.epochs"] + 1):
+            loss = _epoch(task, target_t, n_items, cfg, generator, (optimizer, schedule), extra_loss, bar)
+            score = validate()
+            history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score})
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", valid_ndcg10=f"{score:.4f}")
+            if score > best:
+                best, best_state, best_epoch, bad_epochs = score, copy.deepcopy(_state(task)), epoch, 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg["train.stopping_step"]:
+                    break
     _restore(task, best_state)
     return {"epochs": len(history) - 1, "best_epoch": best_epoch, "best_valid_ndcg@10": best,
             "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+
+
+def _epoch(task, targets: torch.Tensor, n_items: int, cfg: Config, generator: torch.Generator, optim: tuple,
+           extra_loss: Callable | None, bar) -> float:
+    """One pass over the samples in a seeded random order, ``train.negatives`` fresh uniform negatives per batch;
+    returns the mean batch loss."""
+    optimizer, schedule = optim
+    batch = cfg["train.batch_size"]
+    order = torch.randperm(len(targets), generator=generator)
+    losses = []
+    for begin in range(0, len(order), batch):
+        idx = order[begin:begin + batch]
+        negatives = torch.randint(1, n_items, (cfg["train.negatives"],), generator=generator)
+        optimizer.zero_grad()
+        losses.append(_step(task, idx, targets[idx], negatives, extra_loss))
+        optimizer.step()
+        schedule.step()
+        bar.update(1)
+    return float(np.mean(losses))
 
 
 def _step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,

@@ -8,8 +8,6 @@ from bench.errors import ParadigmUnavailable
 from bench.registry import register
 from paradigms._text import TextTwoTower
 
-UNTITLED = "an untitled item"
-
 
 @register("id-translation")
 class IDTranslation(TextTwoTower):
@@ -24,10 +22,10 @@ class IDTranslation(TextTwoTower):
                                       "column), which id-translation needs")
 
     def history_piece(self, split: SplitView, item: int) -> str:
-        return split.titles[item] or UNTITLED
+        return split.title(item)
 
     def render(self, user_id: str, pieces: Sequence[str]) -> str:
         return f"The user bought: {'; '.join(pieces)}"
 
     def item_text(self, split: SplitView, item: int) -> str:
-        return split.titles[item] or UNTITLED
+        return split.title(item)

@@ -41,7 +41,6 @@ from bench.soft_prompts import LayerProjectors
 from bench.tokens import fit_prompt
 from bench.training import train_bpr, training_samples
 
-UNTITLED = "an untitled item"
 _STOPWORDS = frozenset("a an and the of for with in on to by from at is it its this that or as be".split())
 
 
@@ -299,7 +298,7 @@ class RARec(Paradigm):
         self.micro_batch = opts["micro_batch"] or auto_micro_batch(backbone, self._prompt_budget())
         self._item_reps = encoder.item_embeddings.float()
         self._towers = _Towers(backbone, self._item_reps.shape[1], opts)
-        self._item_tokens = self._tokenize([split.titles[i] or UNTITLED for i in range(split.n_items)],
+        self._item_tokens = self._tokenize([split.title(i) for i in range(split.n_items)],
                                            context.llm.items.max_tokens)
         users, lengths, targets = select_samples(split, opts, context.seed,
                                                  *training_samples(split, context.config["train.samples_per_user"]))
@@ -307,7 +306,7 @@ class RARec(Paradigm):
         self._sample_prompts = [self._prompt(h) for h in histories]
         self._sample_reps = encoder.user_representations(histories).float()
         self._stage_prompts: dict[str, list] = {}
-        titles = [split.titles[i] or UNTITLED for i in range(1, min(65, split.n_items))]
+        titles = [split.title(i) for i in range(1, min(65, split.n_items))]
         self._towers.calibrate([opts["hard_prompt"], *titles],
                                self._sample_reps[:1024], self._item_reps[1:1025])
         towers = self._towers
@@ -329,7 +328,7 @@ class RARec(Paradigm):
         """The hard prompt of a history: instruction, then titles most recent first, within the token budget."""
         split, opts, llm = self._split, self._ctx.options, self._ctx.llm
         budget = self._prompt_budget()
-        titles = [split.titles[int(i)] or UNTITLED for i in history[::-1]]
+        titles = [split.title(int(i)) for i in history[::-1]]
         render = lambda kept: f"{opts['hard_prompt']} The user bought: {'; '.join(kept)}"  # noqa: E731
         fitted = fit_prompt(render, titles, llm.backbone.count_tokens, budget)
         return fitted, self._tokenize([fitted.text], budget)[0]

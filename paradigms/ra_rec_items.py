@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.registry import Context, Paradigm, TokenUsage, register
 from bench.soft_prompts import LayerProjectors, block_input_scales, injected
 from bench.training import train_bpr, training_samples
-from paradigms.ra_rec import UNTITLED, select_samples
+from paradigms.ra_rec import select_samples
 
 class _Aligner(torch.nn.Module):
     """The trainable part (projectors, instruction) and the frozen pieces it drives."""
@@ -134,7 +134,7 @@ class RARecItems(Paradigm):
         self._aligner = _Aligner(llm.backbone, context.encoder.item_embeddings.cpu(), opts)
         tokenizer = llm.backbone.tokenizer
         self._hard = tokenizer(opts["hard_prompt"])["input_ids"]
-        titles = [split.titles[i] or UNTITLED for i in range(split.n_items)]
+        titles = [split.title(i) for i in range(split.n_items)]
         self._aligner.calibrate([opts["hard_prompt"]] + titles[1:65])
         self._titles = tokenizer(titles, truncation=True, max_length=llm.items.max_tokens)["input_ids"]
         text_only = llm.items.encode(titles[1:], context.progress, f"{self.name} item titles")

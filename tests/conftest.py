@@ -56,3 +56,12 @@ def canary_data(tmp_path_factory, fixtures_dir):
                           items.columns[1]: ["Canary Movie", "Valid Bird Film"]})
     pd.concat([items[items.columns[:2]], extra]).to_csv(root / "birds" / "birds.item", sep="\t", index=False)
     return root
+
+
+@pytest.fixture
+def isolated_paradigms():
+    """Paradigms registered during the test are forgotten after it (the built-ins stay)."""
+    from bench import registry
+
+    with registry.PARADIGMS.isolated() as paradigms:
+        yield paradigms

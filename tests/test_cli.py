@@ -179,7 +179,7 @@ def test_list_shows_paradigms_datasets_presets():
     result = run_cli("list")
     assert result.returncode == 0, result.stderr
     assert "pop" in result.stdout and "sasrec" in result.stdout and "v1" in result.stdout
-    assert "ml-100k, book, cloth" in result.stdout and "smoke" in result.stdout
+    assert "book, cloth, ml-100k" in result.stdout and "smoke" in result.stdout
 
 
 def test_help_documents_every_run_flag():
@@ -200,3 +200,43 @@ def test_dataset_without_titles_skips_id_translation_and_completes_the_rest(tmp_
     assert len(skipped) == 1 and "dataset 'notitles' has no item titles" in skipped[0]
     assert set(pd.read_csv(out / "per_user.csv")["paradigm"]) == {"pop"}
     assert "id-translation" in json.loads((out / "manifest.json").read_text())["skipped"]
+
+
+def test_raw_ids_that_differ_from_internal_ones_map_back_exactly(tmp_path, fixtures_dir, cache_root, monkeypatch):
+    """Users and items renamed to strings in reverse order: pop's ranks in per_user.csv, keyed by raw user id,
+    equal ranks computed from the raw file with pandas alone; the manifest records the arguments given."""
+    from bench import cli
+
+    raw = pd.read_csv(fixtures_dir / "ml-slice" / "ml-slice.inter", sep="\t")
+    raw.columns = ["user", "item", "rating", "time"]
+    raw = raw[raw["user"].isin(sorted(raw["user"].unique())[:60])]
+    raw = raw.assign(user="u-" + (1000 - raw["user"]).astype(str), item="i-" + (9999 - raw["item"]).astype(str))
+    folder = tmp_path / "data" / "renamed"
+    folder.mkdir(parents=True)
+    raw[["user", "item", "time"]].to_csv(folder / "renamed.inter", sep="\t", index=False,
+                                         header=["user_id:token", "item_id:token", "timestamp:float"])
+    monkeypatch.setenv("BENCH_CACHE", str(cache_root))
+    args = ["run", "--paradigms", "pop", "--dataset", "renamed", "--data-dir", str(tmp_path / "data"),
+            "--preset", "smoke", "--set", "data.max_users=null", "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(args) == 0
+    per_user = pd.read_csv(tmp_path / "run" / "per_user.csv", dtype={"user": str})
+    got = per_user.set_index(["stage", "user"])["rank"]
+    expected = _pop_ranks(raw)
+    assert set(got.index) == set(expected) and all(got[key] == rank for key, rank in expected.items())
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["command"] == " ".join(["bench", *args])
+
+
+def _pop_ranks(raw: pd.DataFrame) -> dict:
+    """(stage, raw user) -> rank of the stage's target under training popularity, history masked, ties against."""
+    ordered = raw.sort_values("time", kind="stable")
+    parts = {user: list(group["item"]) for user, group in ordered.groupby("user", sort=False)}
+    popularity = pd.Series([i for items in parts.values() for i in items[:-2]]).value_counts()
+    counts = {item: int(popularity.get(item, 0)) for item in raw["item"].unique()}
+    ranks = {}
+    for user, items in parts.items():
+        for stage, cut in (("valid", -2), ("test", -1)):
+            target, history = items[cut], set(items[:cut])
+            ranks[(stage, user)] = 1 + sum(1 for item, count in counts.items()
+                                           if item != target and item not in history and count >= counts[target])
+    return ranks

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -62,3 +63,21 @@ def test_nan_scores_and_wrong_shapes_are_errors():
         _ranks([[0.0, float("nan"), 1.0]], [2])
     with pytest.raises(BenchError, match="shape"):
         evaluate_ranks(lambda chunk: torch.zeros(len(chunk), 4), np.arange(3), np.array([1, 1, 1]), None, 5)
+
+
+def test_a_metric_added_in_one_place_reaches_runs_tables_tests_and_plots(slice_overrides, tmp_path):
+    from bench import metrics, runner
+    from bench.config import load_config
+
+    with metrics.METRICS.isolated():
+        metrics.metric("rr", "RR")(lambda ranks, k: np.where(ranks <= k, 1.0 / ranks, 0.0))
+        cfg = load_config("smoke", overrides=[*slice_overrides, "eval.metrics=[hit, rr]",
+                                              "report.metrics=[hit@100, rr@10]"])
+        out = runner.run("pop,sasrec", cfg, tmp_path / "run")
+        assert "| RR@10 |" in (out / "results.md").read_text()
+        assert set(pd.read_csv(out / "significance.csv")["metric"]) == {"hit@100", "rr@10"}
+        per_user = pd.read_csv(out / "per_user.csv")
+        assert np.allclose(per_user["rr@10"], np.where(per_user["rank"] <= 10, 1 / per_user["rank"], 0))
+        assert (out / "metrics.png").is_file()
+    with pytest.raises(BenchError, match="unknown metric 'rr'"):
+        runner.run("pop", cfg, tmp_path / "again")

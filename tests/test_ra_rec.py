@@ -9,7 +9,7 @@ from bench import encoders, registry, resources
 from bench.config import load_config
 from bench.evaluation import fit_paradigm, validation_ndcg
 from bench.features import FeatureStore, FrozenLLM
-from bench.llm import ALIASES, Backbone, _package_file
+from bench.llm import BACKBONES, Backbone, _package_file
 from bench.registry import Context
 from bench.split import build_split
 from bench.training import bpr_loss
@@ -32,7 +32,7 @@ def _tiny_llm(cache_root, tokenizer, fingerprint):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(str(_package_file(*ALIASES["minilm"])))
+    return AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from bench import encoders, registry, resources
 from bench.config import load_config
 from bench.evaluation import fit_paradigm, validation_ndcg
 from bench.features import FeatureStore, FrozenLLM
-from bench.llm import ALIASES, Backbone, _package_file
+from bench.llm import BACKBONES, Backbone, _package_file
 from bench.registry import Context
 from bench.split import build_split
 
@@ -45,7 +45,7 @@ def cycle(tmp_path_factory, cache_root):
         "train.epochs=12", "train.samples_per_user=6", "train.batch_size=128", "train.stopping_step=3"])
     split = build_split(cfg, cache_root)
     encoder = encoders.load_or_train(split, cfg, cache_root)
-    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*ALIASES["minilm"])))
+    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
     torch.manual_seed(0)
     model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                                  vocab_size=tokenizer.vocab_size)).eval()

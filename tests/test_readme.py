@@ -13,11 +13,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 COMMITTED_RUNS = [p.name for p in (README.parent / "results").iterdir() if (p / "manifest.json").is_file()]
 
 
-def test_readme_paradigm_example_runs_through_the_harness(monkeypatch, slice_overrides, tmp_path):
-    for name in registry.BUILTIN:
-        registry.get(name)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_ORIGIN", dict(registry._ORIGIN))
+def test_readme_paradigm_example_runs_through_the_harness(isolated_paradigms, slice_overrides, tmp_path):
     section = README.read_text().split("## Adding a paradigm", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(code.splitlines()) < 40

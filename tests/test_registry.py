@@ -25,12 +25,8 @@ class _Valid(registry.Paradigm):
 
 
 @pytest.fixture
-def clean_registry(monkeypatch):
-    for name in registry.BUILTIN:  # import built-ins first: the copy below must contain them
-        registry.get(name)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_ORIGIN", dict(registry._ORIGIN))
-    monkeypatch.setattr(registry, "_PLUGIN_ERRORS", {})
+def clean_registry(isolated_paradigms):
+    return isolated_paradigms
 
 
 def test_builtins_are_imported_lazily():
@@ -105,9 +101,32 @@ def test_entry_point_plugins_register_and_broken_ones_are_skipped(clean_registry
     good = type("Plugin", (_Valid,), {"description": "from a plugin"})
     points = [_FakeEntryPoint("plug", good), _FakeEntryPoint("broken", ImportError("no module named x"), "bad-pkg")]
     monkeypatch.setattr(registry.metadata, "entry_points", lambda group: points)
-    monkeypatch.setattr(registry, "_PLUGINS_LOADED", False)
+    monkeypatch.setattr(registry.PARADIGMS, "_plugins_loaded", False)
     with pytest.warns(UserWarning, match="skipping paradigm plugin 'broken' from package bad-pkg"):
         assert "plug" in registry.names()
     assert registry.get("plug") is good
     with pytest.raises(BenchError, match="bad-pkg: no module named x"):
         registry.get("broken")
+
+
+def test_builtin_paradigms_are_found_from_their_decorators_without_a_list(clean_registry):
+    """The source scan names exactly the paradigms that importing the modules registers."""
+    found = registry.builtin_paradigms()
+    for module in set(found.values()):
+        __import__(module)
+    registered = {name for name, cls in registry.PARADIGMS._objects.items() if cls.__module__.startswith("paradigms.")}
+    assert set(found) == registered and {"pop", "ra-rec-items"} <= set(found)
+
+
+def test_a_generic_registry_resolves_lazy_entries_and_suggests_names():
+    things = registry.Registry("widget")
+    things.add_lazy("square-root", "math:sqrt")
+    assert "square-root" in things and things.names() == ["square-root"]
+    assert things.get("square-root")(9.0) == 3.0
+    with pytest.raises(BenchError, match=r"unknown widget 'square-rot' \(did you mean 'square-root'\?\); known: "
+                                         r"square-root"):
+        things.get("square-rot")
+    things.register("cube")(lambda x: x ** 3)
+    assert things.get("cube")(2) == 8
+    with pytest.raises(ValueError, match="already registered"):
+        things.add("cube", abs)

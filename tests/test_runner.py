@@ -29,11 +29,7 @@ class _Exploding(_Spy):
 
 
 @pytest.fixture
-def spies(monkeypatch):
-    for name in registry.BUILTIN:
-        registry.get(name)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_ORIGIN", dict(registry._ORIGIN))
+def spies(isolated_paradigms):
     registry.register("spy-a")(type("SpyA", (_Spy,), {}))
     registry.register("spy-b")(type("SpyB", (_Spy,), {"needs_encoder": True}))
     registry.register("exploding")(type("Exploding", (_Exploding,), {"in_all": False}))

@@ -1,13 +1,13 @@
 import pytest
 from transformers import AutoTokenizer
 
-from bench.llm import ALIASES, _package_file
+from bench.llm import BACKBONES, _package_file
 from bench.tokens import fit_prompt
 
 
 @pytest.fixture(scope="module")
 def count():
-    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*ALIASES["minilm"])))
+    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
     return lambda text: len(tokenizer(text)["input_ids"])
 
 
