@@ -1,5 +1,6 @@
 """The README stays true: its plugin example runs through the harness, and its reference results are the committed
 run directories, whose tables `bench report` reproduces byte for byte."""
+import json
 import re
 import shutil
 from pathlib import Path
@@ -30,6 +31,19 @@ def test_readme_reference_table_matches_the_committed_results():
     rows = [line for line in section.splitlines() if line.startswith("|")]
     committed = (README.parent / "results" / "ml-100k-default" / "results.md").read_text().splitlines()
     assert len(rows) == 13 and all(row in committed for row in rows)
+
+
+def test_readme_prose_figures_are_in_the_committed_run():
+    """Every 4-decimal figure the reference section's prose quotes is in the run's tables or per-seed means."""
+    section = README.read_text().split("## Reference results", 1)[1].split("\n## ", 1)[0]
+    prose = "\n".join(line for line in section.splitlines() if not line.startswith("|"))
+    run = README.parent / "results" / "ml-100k-default"
+    known = (run / "results.md").read_text() + (run / "significance.csv").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())["paradigms"]
+    known += " ".join(f"{v:.4f}" for p in metrics.values() for cell in p["stages"]["test"].values()
+                      for v in cell["per_seed"])
+    figures = re.findall(r"\b\d\.\d{4}\b|\b\d{1,3},\d{3}\b", prose)
+    assert len(figures) > 10 and [f for f in figures if f not in known] == []
 
 
 def test_committed_reference_tables_are_what_report_makes_of_them(tmp_path):
