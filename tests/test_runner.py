@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -108,3 +110,29 @@ def test_history_items_are_masked_end_to_end_for_both_stages(spies, slice_overri
         index=["stage", "user"], columns="paradigm", values="rank")
     assert (ranks["mask-history-first"] >= ranks["mask-base"]).all()
     assert (ranks["mask-history-first"] > ranks["mask-base"]).mean() > 0.9
+
+
+class _UsesLLM(_Base):
+    needs_llm = True
+
+    def fit(self, split, context):
+        super().fit(split, context)
+        self.info = {"budget": context.llm.token_budget, "backbone": id(context.llm.backbone)}
+
+
+def test_a_token_budget_sweep_loads_the_backbone_once_and_records_each_arms_budget(spies, slice_overrides,
+                                                                                   tmp_path, monkeypatch):
+    from bench import resources
+
+    loads = []
+    real = resources.load_backbone
+    monkeypatch.setattr(resources, "load_backbone", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    registry.register("llm-spy")(type("LLMSpy", (_UsesLLM,), {}))
+    cfg = load_config("smoke", overrides=slice_overrides)
+    out = runner.run("llm-spy", cfg, tmp_path / "run", sweep="llm.token_budget=32,48")
+    assert loads == ["minilm"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    arms = sorted(manifest["paradigms"].values(), key=lambda entry: entry["llm"]["token_budget"])
+    assert [entry["llm"]["token_budget"] for entry in arms] == [32, 48]
+    assert [entry["seeds"]["0"]["training"]["budget"] for entry in arms] == [32, 48]
+    assert len({entry["seeds"]["0"]["training"]["backbone"] for entry in arms}) == 1
