@@ -102,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.preset or "default", args.config, _overrides(args))
         out = run(args.paradigms or "all", cfg, args.out, _progress(args.quiet), argv=argv, sweep=args.sweep)
+    if out is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return 0
     print((out / "results.md").read_text())
     print(f"run directory: {out}")
     return 0
@@ -164,11 +166,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_rank_tag()}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(str(exc) or "interrupted: no results were written", file=sys.stderr)
+        print(f"{_rank_tag()}{str(exc) or 'interrupted: no results were written'}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _rank_tag():
+            raise
+        # A distributed run: one line per rank, so the failing rank and its reason stand out in the launcher's log.
+        first = (str(exc).strip().splitlines() or [""])[0]
+        if "by peer" in first:  # gloo/NCCL: the connection to a rank that already failed was lost
+            first = f"another rank failed first (see its line); lost connection: {first[-80:]}"
+        print(f"error: {_rank_tag()}failed: {type(exc).__name__}: {first[:300]}", file=sys.stderr)
+        return 1
+    finally:
+        from bench.distributed import shutdown
+
+        shutdown()
+
+
+def _rank_tag() -> str:
+    """``"rank R of N: "`` in a distributed run, else ``""``."""
+    from bench.distributed import world
+
+    current = world()
+    return f"rank {current.rank} of {current.size}: " if current.distributed else ""
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@
 ``eval.mask_history`` is set, for both uses. :func:`fit_paradigm` is the only way the harness trains a
 paradigm: on a :class:`~bench.contract.SplitView` with ``context.validate`` bound to this evaluator.
 :func:`run_job` fits one (arm, seed) job and evaluates it on every stage.
+
+In a distributed run each rank ranks its own contiguous share of the users against every item (the score
+matrix never leaves the rank); validation NDCG is averaged over all users, so every rank takes the same
+early-stopping decision; the per-user rows of a job are gathered on rank 0, which checks that every user appears
+exactly once.
 """
 from __future__ import annotations
 
@@ -14,17 +19,24 @@ import numpy as np
 import pandas as pd
 
 from bench.config import Config
+from bench.distributed import world
 from bench.contract import Context, Paradigm, ScoreFn, SplitView
 from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.resources import Resources, Timings, seed_everything
 from bench.split import STAGES, Split
 
 
+def local_users(split: Split) -> np.ndarray:
+    """The real users this process ranks: all of them, or this rank's contiguous share."""
+    return split.users[world().shard(len(split.users))]
+
+
 def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, chunk_mb: int, progress=None,
                 desc: str = "rank") -> np.ndarray:
-    """[n_users - 1] rank (1 = best) of each real user's ``stage`` target under ``score``; with ``mask_history``
-    the items of the user's history before that stage are excluded from the ranking."""
-    users = split.users
+    """Rank (1 = best) of the ``stage`` target of each of :func:`local_users` under ``score`` (one process:
+    [n_users - 1], every real user); with ``mask_history`` the items of the user's history before that stage
+    are excluded from the ranking."""
+    users = local_users(split)
     histories = [split.history(int(u), stage) for u in users] if mask_history else None
     return evaluate_ranks(lambda chunk: score(chunk, stage), users, split.target(stage)[users], histories,
                           split.n_items, chunk_mb, progress, desc)
@@ -33,7 +45,8 @@ def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, ch
 def validation_ndcg(split: Split, score: ScoreFn, cfg: Config) -> float:
     """Mean validation NDCG@10 of ``score`` under ``cfg``'s ``eval`` rules: the early-stopping signal."""
     ranks = stage_ranks(score, split, "valid", cfg["eval.mask_history"], cfg["eval.chunk_mb"])
-    return float(metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"].mean())
+    values = metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"]
+    return float(np.concatenate(world().all_gather_object(values)).mean())
 
 
 def fit_paradigm(paradigm: Paradigm, split: Split, context: Context) -> SplitView:
@@ -46,8 +59,9 @@ def fit_paradigm(paradigm: Paradigm, split: Split, context: Context) -> SplitVie
     return view
 
 
-def run_job(arm, seed: int, resources: Resources, timings: Timings) -> tuple[pd.DataFrame, dict]:
-    """Fit one arm with one seed and evaluate it on every stage: (per-user rows, job record)."""
+def run_job(arm, seed: int, resources: Resources, timings: Timings) -> tuple[pd.DataFrame | None, dict]:
+    """Fit one arm with one seed and evaluate it on every stage: (per-user rows, job record). In a distributed
+    run the rows of every rank are returned on rank 0 (``None`` on the others)."""
     cfg, split = arm.config, resources.split
     llm = resources.llm_for(cfg) if arm.cls.needs_llm else None
     context = Context(config=cfg, options=arm.options, seed=seed, device=resources.device,
@@ -59,12 +73,30 @@ def run_job(arm, seed: int, resources: Resources, timings: Timings) -> tuple[pd.
         fit_paradigm(paradigm, split, context)
     frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources.progress, timings)
               for stage in STAGES]
+    frame = gather_rows_on_main(pd.concat(frames, ignore_index=True), split)
     info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
             "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
             "training": getattr(paradigm, "info", None)}
     record = {"label": arm.label, "seed": seed, "version": arm.cls.version,
               "tokens": _token_rows(paradigm, arm.label, split) if seed == cfg["seeds"][0] else [], "info": info}
-    return pd.concat(frames, ignore_index=True), record
+    return frame, record
+
+
+def gather_rows_on_main(frame: pd.DataFrame, split: Split) -> pd.DataFrame | None:
+    """Every rank's per-user rows on rank 0, in user order (stage, then user), each user of each stage exactly
+    once (else ``RuntimeError``); ``None`` on the other ranks; ``frame`` itself in one process."""
+    if not world().distributed:
+        return frame
+    parts = world().gather_to_main(frame)
+    if parts is None:
+        return None
+    rows = pd.concat(parts, ignore_index=True)
+    expected = pd.Series(split.user_ids[split.users])
+    for stage, group in rows.groupby("stage", sort=False):
+        if len(group) != len(expected) or not group["user"].reset_index(drop=True).equals(expected):
+            raise RuntimeError(f"gathered {stage} rows do not cover every user exactly once "
+                               f"({len(group)} rows for {len(expected)} users)")
+    return rows.sort_values("stage", key=lambda s: s.map(STAGES.index), kind="stable").reset_index(drop=True)
 
 
 def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: Split, cfg: Config, progress,
@@ -73,8 +105,8 @@ def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: S
     with timings(f"{tag}/score_{stage}"):
         ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
                             progress, f"{tag} {stage}")
-    frame = pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "user": split.user_ids[split.users],
-                          "rank": ranks})
+    users = split.user_ids[local_users(split)]
+    frame = pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "user": users, "rank": ranks})
     for name, values in metrics_from_ranks(ranks, cfg["eval.metrics"], cfg["eval.ks"]).items():
         frame[name] = values
     return frame

@@ -3,6 +3,10 @@
 Features live in shards (one per batch of newly encoded texts), each a verified :class:`CacheEntry`; a
 lookup reads all shards of the backbone once, encodes only the texts not found, and writes those as a new
 shard. A second run over the same texts makes no backbone forward pass.
+
+In a distributed run each rank encodes a contiguous share of the missing texts, every rank receives all of
+them, and rank 0 writes the shard. Keys depend on the texts only, never on rank or world size, so a cache
+built by one process serves N and the other way round.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 
 from bench.cache import CacheEntry
 from bench.config import stable_hash
+from bench.distributed import world
 from bench.llm import Backbone
 
 FEATURES_VERSION = "1"
@@ -58,8 +63,12 @@ class FeatureStore:
             if digest not in known and digest not in missing:
                 missing[digest] = text
         if missing:
-            new = self.backbone.encode(list(missing.values()), self.max_tokens, self.batch_size, progress, desc)
-            self._write(list(missing), new)
+            todo = list(missing.values())
+            new = world().map_rows(lambda start, stop: self.backbone.encode(
+                todo[start:stop], self.max_tokens, self.batch_size, progress, desc), len(todo))
+            if world().is_main:
+                self._write(list(missing), new)
+            world().barrier()  # every rank sees the same shards when it next reads the cache
             known.update(zip(missing, new))
         if not texts:
             return torch.empty(0, self.backbone.width)

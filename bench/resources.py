@@ -1,5 +1,8 @@
 """The shared resources of a run: device, split, ID encoder and frozen backbones, each loaded once.
 
+In a distributed run rank 0 builds each (split, encoder, converted weights) into the cache first; the other
+ranks then load it from there.
+
 Every paradigm of a run (and every arm of a sweep) gets the same split and encoder; a backbone is loaded once
 per (backbone, dtype) and shared by every arm that asks for it, whatever their ``llm.token_budget``.
 """
@@ -16,6 +19,7 @@ import torch
 
 from bench.cache import default_cache_root
 from bench.config import Config
+from bench.distributed import World, world
 from bench.encoders import Encoder, load_or_train
 from bench.errors import BenchError
 from bench.features import FeatureStore, FrozenLLM
@@ -35,20 +39,25 @@ class Timings(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(requested: str, world: World | None = None) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error. In a distributed run on
+    GPUs each process gets its own GPU (the launcher's local rank)."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: torch sees no GPU here; use --device cpu or auto")
-    return torch.device(requested)
+    device = torch.device("cuda" if requested == "auto" and torch.cuda.is_available() else
+                          "cpu" if requested == "auto" else requested)
+    if device.type == "cuda" and world is not None and world.distributed:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a torch generator seeded the same way for the paradigm."""
+    """Seed python, numpy and torch (CPU and every CUDA device); return a CPU torch generator seeded the same
+    way for the paradigm (its draws, e.g. batch order and negatives, are the same on every device and rank)."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
 
 
@@ -77,13 +86,13 @@ class Resources:
         self.encoder: Encoder | None = None
         self.backbones: dict[tuple[str, str], Backbone] = {}
         self._llms: dict[str, FrozenLLM] = {}
-        with timings("split"):
+        with timings("split"), world().main_first():  # rank 0 builds the cache entry, the others read it
             self.split = build_split(cfg, self.cache_root, progress)
 
     def prepare(self, run_arms: list) -> None:
         """Load what the arms need before the first job: the encoder, and every backbone."""
         if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
-            with self.timings("encoder"):
+            with self.timings("encoder"), world().main_first():
                 self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
         for arm in run_arms:
             if arm.cls.needs_llm:
@@ -93,7 +102,7 @@ class Resources:
         """The frozen LLM for an arm's config: its backbone loaded once per (backbone, dtype)."""
         key = (cfg["llm.backbone"], cfg["llm.dtype"])
         if key not in self.backbones:
-            with self.timings("llm_load"):
+            with self.timings("llm_load"), world().main_first():
                 self.backbones[key] = load_backbone(key[0], self.device, key[1], self.cache_root, self.progress)
         section = cfg.section_hash("llm")
         if section not in self._llms:

@@ -3,6 +3,10 @@
 The run directory is assembled in a hidden working folder next to its destination (``bench.state``) and
 renamed into place only when everything succeeded, so an error or Ctrl-C never leaves a partial result
 behind; the finished (paradigm, seed) jobs kept in that folder let ``--resume`` continue the run.
+
+Under a launcher every process runs this same code (``bench.distributed``): rank 0 alone owns the working
+folder and the run directory; every rank computes its share of each job, whose per-user rows are gathered on
+rank 0. The other ranks return ``None``.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import metrics, plan, registry, report
+from bench import distributed, metrics, plan, registry, report
 from bench.config import Config, suggest
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
@@ -33,24 +37,27 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | None = None,
-        argv: list[str] | None = None, sweep: str | None = None) -> Path:
+        argv: list[str] | None = None, sweep: str | None = None) -> Path | None:
     """Run the paradigms named by ``spec`` under ``cfg`` (optionally over a ``--sweep``); return the finished
-    run directory. Finished (arm, seed) jobs are kept in a hidden folder, so an interrupted run can be
-    continued with :func:`resume`."""
-    out = Path(out) if out else default_run_dir(cfg)
+    run directory (``None`` on ranks other than 0). Finished (arm, seed) jobs are kept in a hidden folder, so
+    an interrupted run can be continued with :func:`resume`."""
+    world = distributed.init(cfg["device"])
+    progress = progress if world.is_main else None
+    out = Path(out) if out else Path(world.broadcast(str(default_run_dir(cfg))))
     _check_paradigm_sections(cfg)
     metrics.check_config(cfg)
     parsed = plan.parse_sweep(sweep)
     run_arms = plan.arms(spec, cfg, parsed)
     state = RunState(out)
-    state.start(cfg, {"spec": spec, "sweep": sweep, "argv": argv})
+    world.on_main(lambda: state.start(cfg, {"spec": spec, "sweep": sweep, "argv": argv}))
     return _guarded(state, lambda: _execute(state, cfg, run_arms, parsed, progress, argv))
 
 
-def resume(out: Path, progress: Callable | None = None, argv: list[str] | None = None) -> Path:
+def resume(out: Path, progress: Callable | None = None, argv: list[str] | None = None) -> Path | None:
     """Continue the interrupted run to ``out``: saved jobs are reused, the others are computed."""
     state = RunState(out)
     cfg, saved = state.resume()
+    progress = progress if distributed.init(cfg["device"]).is_main else None
     sweep = plan.parse_sweep(saved.get("sweep"))
     run_arms = plan.arms(saved["spec"], cfg, sweep)
     return _guarded(state, lambda: _execute(state, cfg, run_arms, sweep, progress, saved.get("argv") or argv,
@@ -62,6 +69,8 @@ def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
     try:
         return body()
     except BaseException as exc:
+        if not distributed.world().is_main:
+            raise
         finished = state.finished_jobs()
         if not finished:
             state.discard()
@@ -73,8 +82,9 @@ def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
 
 
 def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None) -> Path:
-    """Compute (or reuse) every (arm, seed) job, then write the run directory."""
-    device = pick_device(cfg["device"])
+    """Compute (or reuse) every (arm, seed) job, then write the run directory (rank 0)."""
+    world = distributed.world()
+    device = pick_device(cfg["device"], world)
     timings = Timings()
     shared = Resources(cfg, device, progress, timings)
     shared.prepare(run_arms)
@@ -83,21 +93,27 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
             continue
-        saved = state.load(index, arm.label, seed, arm.cls.version)
-        if saved is not None:
+        saved = state.load(index, arm.label, seed, arm.cls.version) if world.is_main else None
+        if world.broadcast(saved is not None):
             reused.append(f"{arm.label}/seed{seed}")
         else:
             try:
                 saved = run_job(arm, seed, shared, timings)
             except ParadigmUnavailable as exc:
-                print(f"skipped {arm.label}: {exc}", file=sys.stderr)
+                if world.is_main:
+                    print(f"skipped {arm.label}: {exc}", file=sys.stderr)
                 skipped[arm.label] = str(exc)
                 continue
-            state.save(index, *saved)
+            if world.is_main:
+                state.save(index, *saved)
+        if not world.is_main:
+            continue
         frames.append(saved[0])
         tokens.extend(tuple(row) for row in saved[1]["tokens"])
         _record_info(paradigm_info, arm, seed, saved[1]["info"],
                      _llm_record(shared.llm_for(arm.config)) if arm.cls.needs_llm else None)
+    if not world.is_main:
+        return None
     if not frames:
         raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
@@ -149,7 +165,8 @@ def _manifest(cfg: Config, shared: Resources, device: torch.device, timings: Tim
     split, encoder = shared.split, shared.encoder
     first = next((entry["llm"] for entry in paradigm_info.values() if entry["llm"]), None)
     hardware = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(), "device": str(device)}
+                "torch_threads": torch.get_num_threads(), "device": str(device),
+                "processes": distributed.world().size}
     if device.type == "cuda":
         hardware["gpu"] = torch.cuda.get_device_name(device)
     return Manifest(

@@ -69,7 +69,7 @@ class RunState:
             raise BenchError(f"--resume {self.out}: the run was started by another version of bench (its config "
                              "no longer resolves to the same hash); start it again without --resume")
         for leftover in self.dir.rglob(".*.tmp"):
-            leftover.unlink()
+            leftover.unlink(missing_ok=True)  # every rank of a distributed run resumes
         return cfg, plan
 
     def finished_jobs(self) -> int:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import Config
+from bench.distributed import world
 from bench.progress import progress_bar
 from bench.split import Split
 
@@ -67,7 +68,8 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
               validate: Callable[[], float], progress=None, extra_loss: Callable | None = None,
               desc: str = "train", learning_rate: float | None = None, warmup_steps: int = 0) -> dict:
     """Train ``task`` on samples ``0..len(targets)-1`` with BPR; early-stop on ``validate()`` (higher = better)
-    and restore the best parameters.
+    and restore the best parameters. In a distributed run every rank draws the same batches and the rows of
+    each batch are shared out over the ranks (:func:`_chunked_step`): the global batch is ``train.batch_size``.
 
     The starting point is validated first (epoch 0), so when no epoch beats it the initial parameters are kept.
     ``extra_loss(items, item_vectors)``, if given, is added to every batch's loss (it receives the batch's target
@@ -127,10 +129,8 @@ def _step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch
           extra_loss: Callable | None) -> float:
     """Gradients of one batch's loss on the task's parameters; returns the loss value."""
     step = getattr(task, "micro_batch", None)
-    if step and max(len(samples), len(positives) + len(negatives)) > step:
-        if extra_loss is not None:
-            raise ValueError("extra_loss cannot be combined with micro_batch; return row losses (row_aux)")
-        return _chunked_step(task, samples, positives, negatives, step)
+    if world().distributed or (step and max(len(samples), len(positives) + len(negatives)) > step):
+        return _chunked_step(task, samples, positives, negatives, step, extra_loss)
     aux = getattr(task, "row_aux", False)
     user, user_aux = _vectors(task.sample_vectors, samples, samples if aux else None)
     positive, item_aux = _vectors(task.item_vectors, positives, positives if aux else None)
@@ -150,31 +150,50 @@ def _vectors(fn: Callable, ids: torch.Tensor, batch: torch.Tensor | None):
 
 
 def _chunked_step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                  step: int) -> float:
-    """The same gradients as one whole-batch pass, with at most ``step`` sequences in memory at a time.
+                  step: int | None, extra_loss: Callable | None = None) -> float:
+    """The same gradients as one whole-batch pass, with at most ``step`` sequences in memory at a time, and with
+    the rows shared out over the ranks of a distributed run.
 
-    Pass 1 computes every vector without a graph; the BPR loss gives the gradient with respect to each vector;
-    pass 2 recomputes each micro-batch with a graph and back-propagates that gradient (plus the micro-batch's
-    row losses, when the task has ``row_aux``). Costs one extra forward pass per batch.
+    Pass 1 computes this rank's rows of every vector without a graph and gathers all rows on every rank; the
+    whole batch's loss (BPR plus ``extra_loss``, a function of the gathered vectors) gives the gradient with
+    respect to each vector; pass 2 recomputes this rank's rows, ``step`` at a time, with a graph and
+    back-propagates that gradient (plus the rows' own losses, when the task has ``row_aux``); the parameter
+    gradients are then summed over ranks. One process: the one-pass gradient at the cost of one extra forward
+    pass; N processes: the same gradient up to float summation order, each rank doing 1/N of the rows.
     """
+    ranks = world()
     aux = getattr(task, "row_aux", False)
     parts = [(task.sample_vectors, samples, aux), (task.item_vectors, positives, aux),
              (task.item_vectors, negatives, False)]
+    shares = [ranks.shard(len(ids)) for _, ids, _ in parts]
     with torch.no_grad():
-        cached = [torch.cat([fn(ids[i:i + step]) for i in range(0, len(ids), step)]) for fn, ids, _ in parts]
+        cached = [ranks.gather_rows(_rows(fn, ids[share], step)) for (fn, ids, _), share in zip(parts, shares)]
     leaves = [c.detach().requires_grad_() for c in cached]
     loss = bpr_loss(*leaves)
+    if extra_loss is not None:
+        loss = loss + extra_loss(positives, leaves[1])
     loss.backward()
-    total = loss.item()
-    for (fn, ids, with_aux), leaf in zip(parts, leaves):
-        for i in range(0, len(ids), step):
-            vectors, rows = _vectors(fn, ids[i:i + step], ids if with_aux else None)
-            surrogate = (vectors * leaf.grad[i:i + step]).sum()
+    own_rows = 0.0
+    for (fn, ids, with_aux), share, leaf in zip(parts, shares, leaves):
+        width = step or max(1, share.stop - share.start)
+        for i in range(share.start, share.stop, width):
+            j = min(i + width, share.stop)
+            vectors, rows = _vectors(fn, ids[i:j], ids if with_aux else None)
+            surrogate = (vectors * leaf.grad[i:j]).sum()
             if with_aux:
                 row_loss = rows.sum() / len(ids)
-                surrogate, total = surrogate + row_loss, total + row_loss.item()
+                surrogate, own_rows = surrogate + row_loss, own_rows + row_loss.item()
             surrogate.backward()
-    return total
+    ranks.sum_gradients([p for p in task.parameters() if p.requires_grad])
+    return loss.item() + ranks.all_sum(own_rows)
+
+
+def _rows(fn: Callable, ids: torch.Tensor, step: int | None) -> torch.Tensor | None:
+    """``fn`` over ``ids``, ``step`` at a time; ``None`` for no ids (a rank with an empty share)."""
+    if len(ids) == 0:
+        return None
+    step = step or len(ids)
+    return torch.cat([fn(ids[i:i + step]) for i in range(0, len(ids), step)])
 
 
 def _state(task) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.contract import SplitView
+from bench.distributed import world
 from bench.errors import BenchError
 from bench.prefix_kv import attention_input_scales, prefixed
 from bench.registry import Context, Paradigm, TokenUsage, register
@@ -373,11 +374,16 @@ class RARec(Paradigm):
     # -- evaluation ----------------------------------------------------------------------------------------
     @torch.no_grad()
     def _batched(self, side: str, reps: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
-        """[1 + len(tokens), d] vectors in micro-batches (row 0: padding, zeros)."""
-        step, rows = self.micro_batch, [torch.zeros(1, self._ctx.llm.backbone.width)]
-        for start in range(0, len(tokens), step):
-            rows.append(self._towers(side, reps[start:start + step], tokens[start:start + step]).cpu())
-        return torch.cat(rows)
+        """[1 + len(tokens), d] vectors in micro-batches (row 0: padding, zeros); in a distributed run each rank
+        computes a contiguous share of the rows."""
+        step = self.micro_batch
+
+        def compute(first: int, stop: int) -> torch.Tensor:
+            return torch.cat([torch.zeros(0, self._ctx.llm.backbone.width)] + [
+                self._towers(side, reps[s:min(s + step, stop)], tokens[s:min(s + step, stop)]).cpu()
+                for s in range(first, stop, step)])
+
+        return torch.cat([torch.zeros(1, self._ctx.llm.backbone.width), world().map_rows(compute, len(tokens))])
 
     def _prompts(self, stage: str) -> list:
         """Every user's ``stage`` prompt (fitted text, token ids), built on first use."""
