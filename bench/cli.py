@@ -16,6 +16,7 @@ EPILOG = """examples:
   python -m bench run --paradigms sasrec --dataset book --set data.max_users=5000 --seeds 0,1,2
   python -m bench run --paradigms all --dataset mydata --data-dir ~/atomic   # ~/atomic/mydata/mydata.inter
   python -m bench run --paradigms ra-rec --sweep paradigms.ra-rec.train_fraction=0.05,0.1,0.25,0.5,1.0
+  python -m bench run --paradigms all --dataset book --dry-run   # the work and a time estimate, then stop
   python -m bench run --resume results/ml-100k/20260101-120000-abcdef123456    # continue after Ctrl-C
   python -m bench report results/ml-100k/20260101-120000-abcdef123456
   python -m bench compare RUN_A RUN_B
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", type=Path,
                      help="continue an interrupted run: finished (paradigm, seed) jobs are reused; takes the "
                           "interrupted run's paradigms and config, so pass no other run option")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print what the run would compute (users, items, prompts, training samples, LLM passes) "
+                          "and an estimate per stage timed on this machine, then stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("list", help="paradigms (version, description, options), datasets and presets")
     rep = sub.add_parser("report", help="rebuild a run's tables, significance tests and plots from its saved files")
@@ -85,13 +89,13 @@ def _progress(quiet: bool):
     return None if quiet else functools.partial(tqdm, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
 
-RUN_OPTIONS = ("paradigms", "dataset", "data_dir", "preset", "config", "overrides", "seeds", "out", "device", "llm",
+RUN_OPTIONS = ("paradigms", "dataset", "data_dir", "preset", "config", "overrides", "seeds", "out", "device", "llm", "dry_run",
                "sweep")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
-    from bench.runner import resume, run
+    from bench.runner import dry_run, resume, run
 
     argv = args.argv
     if args.resume:
@@ -99,6 +103,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if given:
             raise BenchError(f"--resume takes the interrupted run's paradigms and config; drop {', '.join(given)}")
         out = resume(args.resume, _progress(args.quiet), argv)
+    elif args.dry_run:
+        cfg = load_config(args.preset or "default", args.config, _overrides(args))
+        print(dry_run(args.paradigms or "all", cfg, _progress(args.quiet), sweep=args.sweep))
+        return 0
     else:
         cfg = load_config(args.preset or "default", args.config, _overrides(args))
         out = run(args.paradigms or "all", cfg, args.out, _progress(args.quiet), argv=argv, sweep=args.sweep)

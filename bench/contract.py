@@ -9,6 +9,7 @@ legitimate test-stage input) becomes readable. Targets are never readable throug
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
@@ -72,7 +73,7 @@ class SplitView:
     """
 
     _SHARED = ("dataset", "user_ids", "item_ids", "titles", "popularity", "stats", "hash", "n_users", "n_items",
-               "users", "has_titles", "title", "train_history")
+               "users", "has_titles", "title", "train_history", "train_lengths")
 
     def __init__(self, split: "Split"):
         self.__split = split
@@ -97,6 +98,45 @@ class SplitView:
             raise LeakError("fit() read split.history(user, 'test'), which holds the validation target: "
                             "build test-stage inputs when score(users, 'test') is first called")
         return self.__split.history(user, stage)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one (paradigm, seed) job will cost, in units the harness can time on this machine (upper bounds:
+    early stopping, shorter prompts and feature caches only make a job cheaper).
+
+    ``prompts``: texts the frozen LLM encodes once (cached features), ``prompt_tokens`` their tokens;
+    ``training_samples``: samples per epoch; ``llm_sequences``: other sequence passes through the LLM as
+    forward-pass equivalents (a backward pass counts 2), ``llm_tokens`` their tokens; ``rankings``: users ranked
+    over every item (validation during training included).
+    """
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    training_samples: int = 0
+    llm_sequences: int = 0
+    llm_tokens: int = 0
+    rankings: int = 0
+
+    def __add__(self, other: "Workload") -> "Workload":
+        return Workload(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    def times(self, seeds: int) -> "Workload":
+        """The work of ``seeds`` seeds: features are cached, so prompts count once."""
+        return Workload(self.prompts, self.prompt_tokens, self.training_samples * seeds, self.llm_sequences * seeds,
+                        self.llm_tokens * seeds, self.rankings * seeds)
+
+
+def prompt_budget(config: Config) -> int:
+    """Tokens of a user prompt at most (``llm.token_budget``; 512 when it is the backbone's context window)."""
+    return config["llm.token_budget"] or 512
+
+
+def rankings(split: SplitView, config: Config, trained: bool) -> int:
+    """Users ranked by one job: both stages, plus one validation per epoch and one before training when the
+    job trains with the shared loop (:func:`bench.training.train_bpr`)."""
+    users = split.n_users - 1
+    return users * (2 + ((config["train.epochs"] + 1) if trained else 0))
 
 
 class Paradigm:
@@ -135,3 +175,9 @@ class Paradigm:
     def trainable_parameters(self) -> int:
         """Number of parameters ``fit`` trains (0 for fixed scorers)."""
         return 0
+
+    @classmethod
+    def workload(cls, split: SplitView, config: Config, options: Mapping[str, Any]) -> Workload | None:
+        """What one job of this paradigm will cost on ``split`` (for the plan line and ``--dry-run``);
+        ``None``: unknown. Called before ``fit``, on the class."""
+        return None

@@ -20,7 +20,7 @@ import torch
 from bench.cache import default_cache_root
 from bench.config import Config
 from bench.distributed import World, world
-from bench.encoders import Encoder, load_or_train
+from bench.encoders import Encoder, encoder_key, load_or_train
 from bench.errors import BenchError
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import Backbone, load_backbone
@@ -90,13 +90,22 @@ class Resources:
             self.split = build_split(cfg, self.cache_root, progress)
 
     def prepare(self, run_arms: list) -> None:
-        """Load what the arms need before the first job: the encoder, and every backbone."""
+        """Load what the arms need before the first job: every backbone, and the encoder."""
+        self.llms(run_arms)
         if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
             with self.timings("encoder"), world().main_first():
                 self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
-        for arm in run_arms:
-            if arm.cls.needs_llm:
-                self.llm_for(arm.config)
+
+    def llms(self, run_arms: list) -> dict[str, FrozenLLM]:
+        """The frozen LLM of every arm that needs one, by arm label (backbones load on first use)."""
+        return {arm.label: self.llm_for(arm.config) for arm in run_arms if arm.cls.needs_llm}
+
+    def encoder_cached(self, run_arms: list) -> bool | None:
+        """Whether the encoder the arms need is in the cache already (``None``: no arm needs one)."""
+        if not any(a.cls.needs_encoder for a in run_arms):
+            return None
+        return self.encoder is not None or (self.cache_root / "encoders" / encoder_key(self.split, self.cfg)
+                                            / "meta.json").is_file()
 
     def llm_for(self, cfg: Config) -> FrozenLLM:
         """The frozen LLM for an arm's config: its backbone loaded once per (backbone, dtype)."""

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import distributed, metrics, plan, registry, report
+from bench import distributed, estimate, metrics, plan, registry, report
 from bench.config import Config, suggest
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
@@ -51,6 +51,23 @@ def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | No
     state = RunState(out)
     world.on_main(lambda: state.start(cfg, {"spec": spec, "sweep": sweep, "argv": argv}))
     return _guarded(state, lambda: _execute(state, cfg, run_arms, parsed, progress, argv))
+
+
+def dry_run(spec: str, cfg: Config, progress: Callable | None = None, sweep: str | None = None) -> str:
+    """What ``run`` would compute and an estimate of how long it takes here: the plan line. Builds (or reads)
+    the split and loads the backbones; trains nothing, writes no run directory."""
+    world = distributed.init(cfg["device"])
+    _check_paradigm_sections(cfg)
+    metrics.check_config(cfg)
+    run_arms = plan.arms(spec, cfg, plan.parse_sweep(sweep))
+    shared = Resources(cfg, pick_device(cfg["device"], world), progress if world.is_main else None, Timings())
+    return _plan_line(shared, run_arms, cfg)
+
+
+def _plan_line(shared: Resources, run_arms: list, cfg: Config) -> str:
+    found = estimate.estimate(run_arms, len(cfg["seeds"]), shared.split, shared.llms(run_arms),
+                              shared.encoder_cached(run_arms), shared.device, distributed.world().size)
+    return found.line()
 
 
 def resume(out: Path, progress: Callable | None = None, argv: list[str] | None = None) -> Path | None:
@@ -87,6 +104,9 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     device = pick_device(cfg["device"], world)
     timings = Timings()
     shared = Resources(cfg, device, progress, timings)
+    line = _plan_line(shared, run_arms, cfg)
+    if world.is_main:
+        print(line, file=sys.stderr)
     shared.prepare(run_arms)
     frames, tokens, paradigm_info, skipped, reused = [], [], {}, {}, []
     jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]

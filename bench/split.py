@@ -70,6 +70,10 @@ class Split:
         """The item's title, or :data:`UNTITLED` when it has none."""
         return self.titles[item] or UNTITLED
 
+    def train_lengths(self) -> np.ndarray:
+        """[n_users] length of each user's training history (0 for the padding user)."""
+        return np.diff(self.train_offsets)
+
     def train_history(self, user: int) -> np.ndarray:
         """User's training items, oldest first."""
         return self.train_items[self.train_offsets[user]:self.train_offsets[user + 1]]

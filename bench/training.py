@@ -53,6 +53,11 @@ def training_samples(split: "Split | SplitView", per_user: int) -> tuple[np.ndar
     return np.array(users, dtype=np.int64), np.array(lengths, dtype=np.int64), np.array(targets, dtype=np.int64)
 
 
+def count_training_samples(split: "Split | SplitView", per_user: int) -> int:
+    """How many samples :func:`training_samples` yields, without building them."""
+    return int(np.minimum(np.maximum(split.train_lengths()[1:] - 1, 0), per_user).sum())
+
+
 def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Mean BPR loss. ``user``/``positive``: [b, k]; ``negatives``: [n, k] sampled negatives shared by the
     batch; the other rows' positives act as in-batch negatives."""

@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.contract import SplitView
+from bench.contract import SplitView, Workload, prompt_budget, rankings
 from bench.registry import Context, Paradigm, TokenUsage
 from bench.tokens import FittedPrompt, fit_prompt, usage
-from bench.training import train_bpr, training_samples
+from bench.training import count_training_samples, train_bpr, training_samples
 
 
 class _Towers(torch.nn.Module):
@@ -50,6 +50,14 @@ class TextTwoTower(Paradigm):
         """The user's prompt: most recent history items first, as many as fit in ``budget`` tokens."""
         pieces = [self.history_piece(split, int(i)) for i in history[::-1]]
         return fit_prompt(lambda kept: self.render(str(split.user_ids[user]), kept), pieces, count, budget)
+
+    @classmethod
+    def workload(cls, split: SplitView, config, options) -> Workload:
+        """Frozen features of every training prompt, both stages' prompts and every item text; linear towers."""
+        samples = count_training_samples(split, config["train.samples_per_user"])
+        prompts, items = samples + 2 * (split.n_users - 1), split.n_items - 1
+        return Workload(prompts=prompts + items, training_samples=samples, rankings=rankings(split, config, True),
+                        prompt_tokens=prompts * prompt_budget(config) + items * config["llm.item_max_tokens"])
 
     def fit(self, split: SplitView, context: Context) -> None:
         self.check(split)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.contract import Workload, rankings
 from bench.registry import Context, Paradigm, register
 
 
@@ -13,6 +14,10 @@ class Pop(Paradigm):
 
     version = "1"
     description = "Popularity: items ranked by their training interaction count (same for every user)."
+
+    @classmethod
+    def workload(cls, split, config, options) -> Workload:
+        return Workload(rankings=rankings(split, config, trained=False))
 
     def fit(self, split, context: Context) -> None:
         self._scores = torch.as_tensor(split.popularity, dtype=torch.float32)
@@ -31,6 +36,10 @@ class EncoderScores(Paradigm):
     version = "1"
     description = "The frozen ID encoder alone (encoder.model, SASRec by default): its full-sort scores."
     needs_encoder = True
+
+    @classmethod
+    def workload(cls, split, config, options) -> Workload:
+        return Workload(rankings=rankings(split, config, trained=False))
 
     def fit(self, split, context: Context) -> None:
         self._split, self._encoder = split, context.encoder

@@ -33,14 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.contract import SplitView
+from bench.contract import SplitView, Workload, prompt_budget, rankings
 from bench.distributed import world
 from bench.errors import BenchError
 from bench.prefix_kv import attention_input_scales, prefixed
 from bench.registry import Context, Paradigm, TokenUsage, register
 from bench.soft_prompts import LayerProjectors
 from bench.tokens import fit_prompt
-from bench.training import train_bpr, training_samples
+from bench.training import count_training_samples, train_bpr, training_samples
 
 _STOPWORDS = frozenset("a an and the of for with in on to by from at is it its this that or as be".split())
 
@@ -292,6 +292,28 @@ class RARec(Paradigm):
         "trained": True,            # False: evaluate the initialisation without training
     }
     row_aux = True
+
+    @classmethod
+    def workload(cls, split: SplitView, config, options) -> Workload:
+        """LLM passes: per epoch, every batch row twice (a pass without and one with a graph, whose backward
+        counts 2: :func:`bench.training._chunked_step`), text-only states once per sample and item, user and
+        item vectors at every validation and for the test stage."""
+        users, items = split.n_users - 1, split.n_items - 1
+        prompt = min(prompt_budget(config), options["prompt_tokens"] or prompt_budget(config))
+        item = config["llm.item_max_tokens"]
+        available = count_training_samples(split, config["train.samples_per_user"])
+        samples = max(1, round(options["train_fraction"] * available))
+        if not options["trained"]:
+            return Workload(llm_sequences=2 * users + items, llm_tokens=2 * users * prompt + items * item,
+                            rankings=rankings(split, config, trained=False))
+        epochs, batches = config["train.epochs"], -(-samples // config["train.batch_size"])
+        item_rows = samples + config["train.negatives"] * batches
+        text_only = (samples, items) if options["infonce_weight"] > 0 else (0, 0)
+        evaluations = (epochs + 2, epochs + 2)  # users and items at every validation, plus the test stage
+        user_side = epochs * 4 * samples + text_only[0] + evaluations[0] * users
+        item_side = epochs * 4 * item_rows + text_only[1] + evaluations[1] * items
+        return Workload(training_samples=samples, llm_sequences=user_side + item_side,
+                        llm_tokens=user_side * prompt + item_side * item, rankings=rankings(split, config, True))
 
     def fit(self, split: SplitView, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options
