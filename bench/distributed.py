@@ -129,6 +129,14 @@ class World:
             raise BenchError(message)
         return outcome
 
+    def check_same(self, value: Any, what: str) -> None:
+        """Raise a :class:`BenchError` on every rank unless ``value`` is equal on all ranks (e.g. a split hash:
+        ranks on several machines that do not share the cache folder would each build their own)."""
+        values = self.all_gather_object(value)
+        if any(v != values[0] for v in values):
+            raise BenchError(f"the ranks of this run hold different {what} ({', '.join(map(str, values))}): give "
+                             "every machine the same cache folder (BENCH_CACHE on a shared filesystem)")
+
     def barrier(self) -> None:
         if self.distributed:
             import torch.distributed as dist

@@ -88,6 +88,7 @@ class Resources:
         self._llms: dict[str, FrozenLLM] = {}
         with timings("split"), world().main_first():  # rank 0 builds the cache entry, the others read it
             self.split = build_split(cfg, self.cache_root, progress)
+        world().check_same(self.split.hash, "splits")
 
     def prepare(self, run_arms: list) -> None:
         """Load what the arms need before the first job: every backbone, and the encoder."""
@@ -95,6 +96,7 @@ class Resources:
         if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
             with self.timings("encoder"), world().main_first():
                 self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
+            world().check_same(float(self.encoder.item_embeddings.double().sum()), "encoder weights")
 
     def llms(self, run_arms: list) -> dict[str, FrozenLLM]:
         """The frozen LLM of every arm that needs one, by arm label (backbones load on first use)."""

@@ -173,3 +173,15 @@ def test_rank_zero_rejects_gathered_rows_that_repeat_or_miss_a_user(monkeypatch)
     monkeypatch.setattr(evaluation, "world", lambda: padded)
     with pytest.raises(RuntimeError, match="exactly once"):
         evaluation.gather_rows_on_main(None, Users())
+
+
+def test_ranks_that_built_different_caches_stop_with_a_fix():
+    from bench.errors import BenchError
+
+    class Machines(World):
+        def all_gather_object(self, obj):
+            return [obj, "0123abcd"]  # the other machine built its own split
+
+    with pytest.raises(BenchError, match="same cache folder"):
+        Machines(0, 2).check_same("ffff0000", "splits")
+    Machines(0, 2).check_same("0123abcd", "splits")
