@@ -23,7 +23,7 @@ from bench.metrics import chunk_size, rank_chunk
 LONG_S = 3600.0
 
 
-def time_llm(backbone: Backbone, tokens: int = 64, batch: int = 16) -> float:
+def time_llm(backbone: Backbone, tokens: int = 32, batch: int = 8) -> float:
     """Seconds per token through ``backbone`` (forward, no graph): the faster of two timed batches of ``batch``
     random sequences of ``tokens`` tokens, after a warm-up batch."""
     ids = torch.randint(100, max(101, backbone.tokenizer.vocab_size - 1), (batch, tokens), device=backbone.device)

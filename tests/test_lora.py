@@ -1,0 +1,95 @@
+"""LoRA-fine-tuned text baselines on a tiny randomly initialised BERT (real tokenizer, real split with canaries):
+the shared backbone stays untouched, only adapters and towers train, and no validation/test item leaks."""
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from bench import registry, resources
+from bench.config import load_config
+from bench.evaluation import fit_paradigm
+from bench.features import FeatureStore, FrozenLLM
+from bench.llm import BACKBONES, Backbone, _package_file
+from bench.registry import Context
+from bench.split import build_split
+from bench.training import bpr_loss
+from paradigms.lora import adapted_copy
+
+LORA = ("id-direct-lora", "id-translation-lora")
+WIDTH, LAYERS = 32, 3
+
+
+def tiny_llm(cache_root):
+    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                 intermediate_size=37, vocab_size=tokenizer.vocab_size)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    backbone = Backbone("tiny-bert", model, tokenizer, is_decoder=False, fingerprint="tiny-bert-lora")
+    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, 64), FeatureStore(backbone, cache_root, 16), 64)
+
+
+@pytest.fixture(scope="module")
+def fitted(canary_data, cache_root):
+    cfg = load_config("smoke", overrides=[{"data": {"dataset": "birds", "data_dir": str(canary_data)},
+                                           "cache_dir": str(cache_root)}, "train.epochs=1", "data.max_users=30"])
+    split = build_split(cfg, cache_root)
+    llm = tiny_llm(cache_root)
+    before = {k: v.clone() for k, v in llm.backbone.model.state_dict().items()}
+    out = {}
+    for name in LORA:
+        cls = registry.get(name)
+        paradigm = cls()
+        context = Context(config=cfg, options=registry.options_for(cls, cfg), seed=0, device=torch.device("cpu"),
+                          cache_dir=cache_root, llm=llm, generator=resources.seed_everything(0))
+        fit_paradigm(paradigm, split, context)
+        out[name] = paradigm
+    return cfg, split, llm, before, out
+
+
+def test_the_shared_backbone_is_untouched(fitted):
+    _, _, llm, before, _ = fitted
+    after = llm.backbone.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not any("lora" in name for name, _ in llm.backbone.model.named_modules())
+
+
+def test_adapters_start_as_the_frozen_backbone():
+    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
+    model = BertModel(BertConfig(hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                 intermediate_size=37, vocab_size=tokenizer.vocab_size)).eval()
+    adapted = adapted_copy(model, rank=4, alpha=8, dropout=0.0, targets=None).eval()
+    batch = tokenizer(["a user bought a film", "another prompt"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).last_hidden_state, adapted(**batch).last_hidden_state)
+
+
+@pytest.mark.parametrize("name", LORA)
+def test_only_adapters_and_towers_train(fitted, name):
+    cfg, _, _, _, paradigms = fitted
+    paradigm = paradigms[name]
+    rank, dim = paradigm._ctx.options["rank"], paradigm._ctx.options["dim"]
+    adapters = LAYERS * 2 * (WIDTH * rank + rank * WIDTH)  # query and value of every layer: A and B
+    towers = 2 * (WIDTH * dim + dim)
+    assert paradigm.trainable_parameters() == adapters + towers
+    paradigm._model.zero_grad()
+    samples, items = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])
+    bpr_loss(paradigm.sample_vectors(samples), paradigm.item_vectors(items), paradigm.item_vectors(items)).backward()
+    grads = {n: p.grad for n, p in paradigm._model.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in grads if "lora_B" in n)
+    assert all(grads[n] is None for n in grads if "lora" not in n)
+
+
+@pytest.mark.parametrize("name, test_marker, valid_marker", [("id-direct-lora", "CANARY", "VALIDBIRD"),
+                                                              ("id-translation-lora", "Canary Movie", "Valid Bird")])
+def test_no_validation_or_test_item_reaches_training_or_validation_prompts(fitted, name, test_marker, valid_marker):
+    _, split, _, _, paradigms = fitted
+    paradigm = paradigms[name]
+    train_texts = [p.text for p in paradigm.train_prompts]
+    valid_texts = [p.text for p in paradigm._stage_prompts("valid")[0]]
+    test_texts = [p.text for p in paradigm._stage_prompts("test")[0]]
+    assert len(train_texts) > 0
+    assert not any(test_marker in t or valid_marker in t for t in train_texts + valid_texts)
+    assert all(test_marker not in t and t.count(valid_marker) == 1 for t in test_texts)
+    scores = paradigm.score(split.users[:4], "test")
+    assert scores.shape == (4, split.n_items) and torch.isfinite(scores).all()
