@@ -23,6 +23,12 @@ EPILOG = """examples:
 """
 
 
+TUNE_EPILOG = """examples:
+  python -m bench tune --paradigms id-translation,ra-rec --dataset ml-100k --trials 20 --out tuning/ml-100k
+  python -m bench run --paradigms all --dataset ml-100k --config tuning/ml-100k/tuned.yaml --seeds 0,1,2
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench", description="Compare how frozen LLMs can be fed a recommender's interaction data.",
@@ -54,7 +60,21 @@ def _parser() -> argparse.ArgumentParser:
                      help="print what the run would compute (users, items, prompts, training samples, LLM passes) "
                           "and an estimate per stage timed on this machine, then stop")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub.add_parser("list", help="paradigms (version, description, options), datasets and presets")
+    tune = sub.add_parser("tune", help="tune every paradigm on validation NDCG@10 with the same number of Optuna "
+                                       "trials; writes tuned.yaml for bench run --config",
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TUNE_EPILOG)
+    tune.add_argument("--paradigms", metavar="LIST", help="names, globs or 'all' (default: all)")
+    tune.add_argument("--trials", type=int, default=20, help="trials per paradigm, the default configuration "
+                                                              "first (default: 20)")
+    tune.add_argument("--out", type=Path, required=True, help="folder for study.db, trials.csv, tuned.yaml, "
+                                                              "tuning.png (an interrupted tune continues there)")
+    for flag in ("--dataset", "--data-dir", "--preset", "--config", "--seeds", "--llm"):
+        tune.add_argument(flag, help=f"as for bench run ({flag})")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="as for bench run")
+    tune.add_argument("--device", choices=["auto", "cpu", "cuda"], help="as for bench run")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub.add_parser("list", help="paradigms (version, description, options, search space), datasets and presets")
     rep = sub.add_parser("report", help="rebuild a run's tables, significance tests and plots from its saved files")
     rep.add_argument("run_dir", type=Path)
     cmp = sub.add_parser("compare", help="test each paradigm of run A against the same paradigm of run B "
@@ -117,6 +137,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from bench.config import load_config
+    from bench.tune import tune
+
+    cfg = load_config(args.preset or "default", args.config, _overrides(args))
+    out = tune(args.paradigms or "all", cfg, args.trials, args.out, _progress(args.quiet))
+    print((out / "trials.csv").read_text())
+    print(f"tuned config: {out / 'tuned.yaml'}  (bench run ... --config {out / 'tuned.yaml'})")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
     from bench.config import presets
@@ -130,9 +161,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<18} v{cls.version:<4} {cls.description}{tag}")
         if options:
             print(f"  {'':<24}options: {options}")
+        if cls.search_space:
+            space = ", ".join(f"{k} {_space_text(v)}" for k, v in cls.search_space.items())
+            print(f"  {'':<24}tuned over: {space}")
     print("datasets:\n  " + ", ".join(DATASETS.names()) + ", or NAME with --data-dir DIR holding NAME/NAME.inter")
     print("presets:\n  " + ", ".join(presets()))
     return 0
+
+
+def _space_text(spec: tuple) -> str:
+    if spec[0] == "choice":
+        return "in {" + ", ".join(map(str, spec[1])) + "}"
+    return f"in [{spec[1]:g}, {spec[2]:g}]" + (" (log)" if spec[3:] else "")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -168,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = ["bench", *(sys.argv[1:] if argv is None else argv)]  # recorded in the run's manifest
     warnings.formatwarning = _one_line_warnings
-    handlers = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
+    handlers = {"run": cmd_run, "tune": cmd_tune, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:

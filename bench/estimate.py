@@ -33,6 +33,8 @@ def time_llm(backbone: Backbone, tokens: int = 32, batch: int = 8) -> float:
         for attempt in range(3):
             start = time.perf_counter()
             backbone.model(input_ids=ids, attention_mask=mask)
+            if ids.is_cuda:
+                torch.cuda.synchronize(ids.device)  # kernels run asynchronously: wait for them before timing
             if attempt:
                 best = min(best, time.perf_counter() - start)
     return best / (batch * tokens)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from bench import registry
-from bench.config import Config, nested, with_overrides
+from bench.config import Config, nested, thaw, with_overrides
 from bench.errors import BenchError
 
 SWEEPABLE = ("paradigms.", "train.", "llm.token_budget", "llm.item_max_tokens", "llm.batch_size")
@@ -71,20 +71,33 @@ def arms(spec: str, cfg: Config, sweep: Sweep | None = None) -> list[Arm]:
     """The arms of a run, in run order (paradigm order of ``spec``; values in ``--sweep`` order)."""
     classes = registry.resolve(spec)
     if sweep is None:
-        return [Arm(cls.name, cls, registry.options_for(cls, cfg), cfg) for cls in classes]
+        return [_arm(cls.name, cls, cfg) for cls in classes]
     target = sweep.swept_paradigm()
     if target is not None and target not in [cls.name for cls in classes]:
         raise BenchError(f"--sweep {sweep.key}: paradigm {target!r} is not among --paradigms {spec!r}")
     out = []
     for cls in classes:
         if target is not None and cls.name != target:
-            out.append(Arm(cls.name, cls, registry.options_for(cls, cfg), cfg))
+            out.append(_arm(cls.name, cls, cfg))
             continue
         for value in sweep.values:
             variant = with_overrides(cfg, [nested(sweep.key, value)])
-            out.append(Arm(f"{cls.name}[{sweep.short}={value}]", cls, registry.options_for(cls, variant), variant,
-                           value))
+            out.append(_arm(f"{cls.name}[{sweep.short}={value}]", cls, variant, value))
     return out
+
+
+def _arm(label: str, cls: type, cfg: Config, value: Any = None) -> Arm:
+    """The arm of ``cls`` under ``cfg``; a ``paradigms.NAME.train`` entry overrides the shared ``train`` keys in
+    the arm's config (and stays in its options, so the manifest records it)."""
+    options = registry.options_for(cls, cfg)
+    if not options.get("train"):
+        return Arm(label, cls, options, cfg, value)
+    options["train"] = thaw(options["train"])
+    try:
+        variant = with_overrides(cfg, [{"train": options["train"]}])
+    except BenchError as exc:
+        raise BenchError(f"paradigms.{cls.name}.train: {exc}") from None
+    return Arm(label, cls, options, variant, value)
 
 
 def sweep_record(sweep: Sweep | None, run_arms: list[Arm]) -> dict | None:

@@ -161,6 +161,25 @@ def _check_contract(cls: Any, name: str) -> None:
         raise TypeError(f"paradigm '{name}': class attribute 'version' must be a string")
     if not isinstance(getattr(cls, "defaults", {}), Mapping):
         raise TypeError(f"paradigm '{name}': class attribute 'defaults' must be a mapping")
+    for key, spec in (getattr(cls, "search_space", None) or {}).items():
+        problem = _space_problem(cls, key, spec)
+        if problem:
+            raise TypeError(f"paradigm '{name}': search_space['{key}'] {problem}")
+
+
+def _space_problem(cls: type, key: str, spec: Any) -> str | None:
+    """Why ``key: spec`` is not a valid search-space entry of ``cls`` (None when it is)."""
+    own = key.split(".", 1)[1] if key.startswith("train.") else None
+    if own is None and key not in getattr(cls, "defaults", {}):
+        return f"names no option of the paradigm (its options: {', '.join(cls.defaults)})"
+    if own is not None and own not in PER_PARADIGM_TRAIN:
+        return f"names a train key that cannot differ per paradigm (these can: {', '.join(PER_PARADIGM_TRAIN)})"
+    kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
+    if kind == "choice" and len(spec) == 2 and len(spec[1]) > 0:
+        return None
+    if kind in ("float", "int") and len(spec) in (3, 4) and spec[1] < spec[2] and spec[3:] in ((), ("log",)):
+        return None
+    return f"must be ('float'|'int', low, high[, 'log']) or ('choice', [values]), got {spec!r}"
 
 
 PARADIGMS: Registry[type] = Registry("paradigm", _check_contract, "bench.paradigms",
@@ -222,12 +241,29 @@ def resolve(spec: str) -> list[type]:
     return [get(n) for n in chosen]
 
 
+#: Shared ``train`` keys a paradigm may set for itself (``paradigms.NAME.train.KEY``), e.g. chosen by tuning.
+PER_PARADIGM_TRAIN = ("learning_rate", "weight_decay", "samples_per_user", "negatives")
+
+
 def options_for(cls: type, cfg: Config) -> dict[str, Any]:
-    """The paradigm's defaults overlaid with ``paradigms.NAME`` from the config; unknown keys are an error."""
+    """The paradigm's defaults overlaid with ``paradigms.NAME`` from the config; unknown keys are an error.
+    A ``train`` entry (its own values of :data:`PER_PARADIGM_TRAIN` keys) is kept as given."""
     given = dict(cfg.get(f"paradigms.{cls.name}") or {})
     defaults = dict(getattr(cls, "defaults", {}))
     for key in given:
-        if key not in defaults:
+        if key == "train":
+            _check_train_keys(cls.name, given["train"])
+        elif key not in defaults:
             raise BenchError(f"unknown config key 'paradigms.{cls.name}.{key}'"
-                             f"{suggest(key, defaults)}; its keys are: {', '.join(defaults) or '(none)'}")
+                             f"{suggest(key, defaults)}; its keys are: {', '.join(defaults) or '(none)'}, train")
     return {**defaults, **given}
+
+
+def _check_train_keys(name: str, train: Any) -> None:
+    if not isinstance(train, Mapping):
+        raise BenchError(f"config key 'paradigms.{name}.train' must be a mapping of train keys, e.g. "
+                         f"{{learning_rate: 0.003}}")
+    for key in train:
+        if key not in PER_PARADIGM_TRAIN:
+            raise BenchError(f"config key 'paradigms.{name}.train.{key}' cannot differ per paradigm"
+                             f"{suggest(key, PER_PARADIGM_TRAIN)}; these can: {', '.join(PER_PARADIGM_TRAIN)}")

@@ -139,9 +139,23 @@ def results_md(run: Run, table: pd.DataFrame) -> str:
             cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
         lines.append("| " + " | ".join(cells + _extras(row)) + " |")
     lines.append("")
+    own = _own_budgets(manifest)
+    if own:
+        lines += ["Training budgets differ: " + "; ".join(own) + " (every other paradigm: the shared `train` "
+                  "section).", ""]
     if len(run.tokens):
         lines += _token_md(run.tokens)
     return "\n".join(lines)
+
+
+def _own_budgets(manifest) -> list[str]:
+    """``"NAME: train.KEY=VALUE, ..."`` for every paradigm that set its own training values."""
+    out = []
+    for label, entry in manifest.paradigms.items():
+        own = (entry.get("options") or {}).get("train") or {}
+        if own:
+            out.append(f"{label}: " + ", ".join(f"train.{k}={v}" for k, v in own.items()))
+    return out
 
 
 def _token_md(tokens: pd.DataFrame) -> list[str]:

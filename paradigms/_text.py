@@ -33,6 +33,9 @@ class TextTwoTower(Paradigm):
 
     needs_llm = True
     defaults = {"dim": 128}
+    search_space = {"dim": ("choice", [64, 128, 256]), "train.learning_rate": ("float", 1e-4, 1e-2, "log"),
+                    "train.weight_decay": ("choice", [0.0, 1e-6, 1e-4]),
+                    "train.samples_per_user": ("int", 1, 20, "log"), "train.negatives": ("choice", [16, 64, 256])}
 
     def history_piece(self, split: SplitView, item: int) -> str:
         raise NotImplementedError

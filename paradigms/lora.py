@@ -51,6 +51,8 @@ class LoRAText:
 
     needs_llm = True
     lora_defaults = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": None, "micro_batch": 16}
+    search_space = {"rank": ("choice", [4, 8, 16]), "train.learning_rate": ("float", 1e-4, 1e-2, "log"),
+                    "train.samples_per_user": ("int", 1, 20, "log")}
 
     @classmethod
     def workload(cls, split: SplitView, config, options) -> Workload:

@@ -291,6 +291,9 @@ class RARec(Paradigm):
                                     #   many as fit MiniLM's 64 x 32 tokens x 6 layers x 384 wide (SmolLM2: 8)
         "trained": True,            # False: evaluate the initialisation without training
     }
+    search_space = {"learning_rate": ("float", 1e-3, 1e-1, "log"), "warmup_steps": ("choice", [0, 20, 100]),
+                    "infonce_weight": ("choice", [0.0, 0.01, 0.1, 0.5]),
+                    "train.samples_per_user": ("int", 1, 20, "log")}
     row_aux = True
 
     @classmethod
@@ -469,6 +472,7 @@ class RARecNoInstruction(RARec):
 class RARecNoInfoNCE(RARec):
     description = "RA-Rec ablation: no InfoNCE alignment loss (lambda = 0)."
     defaults = {**RARec.defaults, "infonce_weight": 0.0}
+    search_space = {k: v for k, v in RARec.search_space.items() if k != "infonce_weight"}  # keep the ablation
     in_all = False
 
 
@@ -476,4 +480,5 @@ class RARecNoInfoNCE(RARec):
 class RARecUntrained(RARec):
     description = "RA-Rec at its initialisation, evaluated without training (shows what training adds)."
     defaults = {**RARec.defaults, "trained": False}
+    search_space = {}  # nothing trains
     in_all = False

@@ -127,6 +127,8 @@ class RARecItems(Paradigm):
         "train_fraction": 1.0,      # share of the training samples to train on
         "micro_batch": 64,          # sequences per backbone pass when computing evaluation vectors
     }
+    search_space = {"train.learning_rate": ("float", 1e-4, 1e-2, "log"),
+                    "train.samples_per_user": ("int", 1, 20, "log")}
 
     def fit(self, split: SplitView, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options

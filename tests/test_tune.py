@@ -1,0 +1,95 @@
+"""`bench tune`: equal trials per paradigm on validation, the default first, a config `bench run` reads, resumable;
+per-paradigm training budgets recorded and reported."""
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench import plan, registry
+from bench.config import load_config
+from bench.errors import BenchError
+from bench.tune import as_config, default_values, tune
+from conftest import run_cli
+
+SPEC = "pop,id-translation"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, slice_overrides):
+    cfg = load_config("smoke", overrides=[*slice_overrides, "train.epochs=1"])
+    out = tmp_path_factory.mktemp("tune") / "t"
+    tune(SPEC, cfg, 2, out)
+    first = pd.read_csv(out / "trials.csv")
+    tune(SPEC, cfg, 3, out)  # continues the stored studies: one more trial where there is something to tune
+    return cfg, out, first, pd.read_csv(out / "trials.csv")
+
+
+def test_every_paradigm_gets_the_same_trials_with_the_default_first(tuned):
+    cfg, _, first, _ = tuned
+    counts = first.groupby("paradigm").size().to_dict()
+    assert counts == {"id-translation": 2, "pop": 1}  # pop has nothing to tune: its default trial only
+    default = default_values(plan.arms("id-translation", cfg)[0])
+    row = first[(first.paradigm == "id-translation") & (first.trial == 0)].iloc[0]
+    assert json.loads(row["params"]) == default
+
+
+def test_the_tuned_config_is_never_worse_on_validation_and_bench_run_reads_it(tuned, fixtures_dir, cache_root,
+                                                                                tmp_path):
+    _, out, _, trials = tuned
+    best = yaml.safe_load((out / "tuned.yaml").read_text())
+    for label, group in trials.groupby("paradigm"):
+        assert group["valid_ndcg@10"].max() >= group[group.trial == 0]["valid_ndcg@10"].iloc[0]
+    winner = trials[trials.paradigm == "id-translation"].sort_values("valid_ndcg@10").iloc[-1]
+    assert best == as_config("id-translation", json.loads(winner["params"]))
+    result = run_cli("run", "--paradigms", SPEC, "--dataset", "ml-slice", "--data-dir", str(fixtures_dir), "--preset",
+                     "smoke", "--set", "train.epochs=1", "--config", str(out / "tuned.yaml"), "--out",
+                     str(tmp_path / "run"), "--quiet", env={"BENCH_CACHE": str(cache_root)})
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    own = best["paradigms"]["id-translation"].get("train")
+    assert manifest["paradigms"]["id-translation"]["options"].get("train") == own
+    if own:
+        assert "Training budgets differ: id-translation: train." in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_an_interrupted_tune_continues_where_it_stopped(tuned):
+    _, out, first, trials = tuned
+    assert trials.groupby("paradigm").size().to_dict() == {"id-translation": 3, "pop": 1}
+    kept = trials.merge(first, on=["paradigm", "trial"], suffixes=("", "_first"))
+    assert len(kept) == len(first) and (kept["valid_ndcg@10"] == kept["valid_ndcg@10_first"]).all()
+    assert (out / "study.db").is_file() and (out / "tuning.png").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(registry.names()))
+def test_every_default_lies_inside_its_search_space(name):
+    cls = registry.get(name)
+    arm = plan.arms(name, load_config("smoke"))[0]
+    for key, value in default_values(arm).items():
+        spec = cls.search_space[key]
+        assert value in spec[1] if spec[0] == "choice" else spec[1] <= value <= spec[2], (name, key)
+
+
+def test_a_paradigm_sets_its_own_training_values_and_only_the_shared_ones():
+    cfg = load_config("smoke", overrides=["paradigms.id-translation.train.learning_rate=0.003"])
+    arms = {a.label: a for a in plan.arms("pop,id-translation", cfg)}
+    assert arms["id-translation"].config["train.learning_rate"] == 0.003
+    assert arms["pop"].config["train.learning_rate"] == cfg["train.learning_rate"]
+    with pytest.raises(BenchError, match="train.epochs' cannot differ per paradigm"):
+        plan.arms("id-translation", load_config("smoke", overrides=["paradigms.id-translation.train.epochs=3"]))
+    with pytest.raises(BenchError, match="paradigms.id-translation.train: .*must be > 0"):
+        plan.arms("id-translation", load_config("smoke", overrides=["paradigms.id-translation.train.learning_rate=0"]))
+
+
+def test_a_search_space_that_names_no_option_is_rejected_at_registration(isolated_paradigms):
+    from bench.registry import Paradigm, register
+
+    with pytest.raises(TypeError, match="search_space\\['widht'\\] names no option"):
+        @register("bad-space")
+        class Bad(Paradigm):
+            defaults = {"width": 3}
+            search_space = {"widht": ("int", 1, 9)}
+
+            def fit(self, split, context): ...
+
+            def score(self, users, stage): ...
