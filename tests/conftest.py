@@ -65,3 +65,22 @@ def isolated_paradigms():
 
     with registry.PARADIGMS.isolated() as paradigms:
         yield paradigms
+
+
+def fit_paradigms(names, cfg, split, llm, cache_root) -> dict:
+    """Fit each named paradigm (seed 0, CPU) on ``split`` with the frozen ``llm``; name -> fitted paradigm."""
+    import torch
+
+    from bench import registry, resources
+    from bench.evaluation import fit_paradigm
+    from bench.registry import Context
+
+    out = {}
+    for name in names:
+        cls = registry.get(name)
+        paradigm = cls()
+        context = Context(config=cfg, options=registry.options_for(cls, cfg), seed=0, device=torch.device("cpu"),
+                          cache_dir=cache_root, llm=llm, generator=resources.seed_everything(0))
+        fit_paradigm(paradigm, split, context)
+        out[name] = paradigm
+    return out

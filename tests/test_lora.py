@@ -4,14 +4,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from bench import registry, resources
 from bench.config import load_config
-from bench.evaluation import fit_paradigm
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import BACKBONES, Backbone, _package_file
-from bench.registry import Context
 from bench.split import build_split
 from bench.training import bpr_loss
+from conftest import fit_paradigms
 from paradigms.lora import adapted_copy
 
 LORA = ("id-direct-lora", "id-translation-lora")
@@ -36,14 +34,7 @@ def fitted(canary_data, cache_root):
     split = build_split(cfg, cache_root)
     llm = tiny_llm(cache_root)
     before = {k: v.clone() for k, v in llm.backbone.model.state_dict().items()}
-    out = {}
-    for name in LORA:
-        cls = registry.get(name)
-        paradigm = cls()
-        context = Context(config=cfg, options=registry.options_for(cls, cfg), seed=0, device=torch.device("cpu"),
-                          cache_dir=cache_root, llm=llm, generator=resources.seed_everything(0))
-        fit_paradigm(paradigm, split, context)
-        out[name] = paradigm
+    out = fit_paradigms(LORA, cfg, split, llm, cache_root)
     return cfg, split, llm, before, out
 
 

@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-from bench import registry, resources
+from bench import resources
 from bench.config import load_config
-from bench.evaluation import fit_paradigm
-from bench.registry import Context
 from bench.split import build_split
+from conftest import fit_paradigms
 
 TEXT_PARADIGMS = ("id-direct", "id-translation")
 
@@ -18,14 +17,7 @@ def fitted(canary_data, cache_root):
     split = build_split(cfg, cache_root)
     llm = resources.load_llm(cfg, torch.device("cpu"), cache_root)
     before = {k: v.clone() for k, v in llm.backbone.model.state_dict().items()}
-    out = {}
-    for name in TEXT_PARADIGMS:
-        cls = registry.get(name)
-        paradigm = cls()
-        context = Context(config=cfg, options=registry.options_for(cls, cfg), seed=0, device=torch.device("cpu"),
-                          cache_dir=cache_root, llm=llm, generator=resources.seed_everything(0))
-        fit_paradigm(paradigm, split, context)
-        out[name] = paradigm
+    out = fit_paradigms(TEXT_PARADIGMS, cfg, split, llm, cache_root)
     return cfg, split, llm, before, out
 
 
