@@ -1,7 +1,9 @@
 """Datasets as RecBole atomic files: locate or download them, read and validate them, filter them.
 
 The public surface is :func:`locate_dataset` (name -> files on disk), :func:`read_interactions`,
-:func:`read_titles` and :func:`filter_interactions`. Everything that is wrong with a file is reported as a
+:func:`read_titles` and :func:`filter_interactions`, and for data at Amazon-Books scale (22.5M rows) their
+integer-coded forms :func:`read_interaction_codes` and :func:`filter_codes` (:class:`CodedInteractions`), which
+give the same rows in a fraction of the time and memory. Everything that is wrong with a file is reported as a
 one-line :class:`BenchError` naming the file and line.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,6 +46,8 @@ DATASETS.add("book", KnownDataset("Amazon_Books", _HUB + "Amazon_Books.zip"), or
 DATASETS.add("cloth", KnownDataset("Amazon_Clothing_Shoes_and_Jewelry",
                                    _HUB + "Amazon_Clothing_Shoes_and_Jewelry.zip"), origin="bench.data")
 TITLE_FIELDS = ("title", "movie_title", "item_title", "name")
+_SCAN_BLOCK = 1 << 26  # bytes of an atomic file checked at a time by the vectorised line scan
+_EXACT_FLOAT = 2.0 ** 53  # larger timestamps take the reference parser (integers beyond it round differently)
 
 
 @dataclass(frozen=True)
@@ -168,21 +173,31 @@ def _header(path: Path) -> list[tuple[str, str]]:
     return fields
 
 
+def _columns(path: Path) -> tuple[list[str], list[str]]:
+    """Header names of an ``.inter`` file and the ones bench reads (user, item, and timestamp when present)."""
+    names = [n for n, _ in _header(path)]
+    for required in ("user_id", "item_id"):
+        if required not in names:
+            raise BenchError(
+                f"{path}:1: missing required column '{required}' (header has {', '.join(names)}); "
+                f"add a '{required}:token' column")
+    return names, ["user_id", "item_id"] + (["timestamp"] if "timestamp" in names else [])
+
+
 def read_interactions(path: Path) -> pd.DataFrame:
     """Read an ``.inter`` atomic file into columns ``user`` (str), ``item`` (str), ``time`` (float64).
 
     Without a ``timestamp`` column the file order is the time order. Raises BenchError naming the file and
     line for a missing column, a line with the wrong number of fields, or a non-numeric timestamp.
     """
-    fields = _header(path)
-    names = [n for n, _ in fields]
-    for required in ("user_id", "item_id"):
-        if required not in names:
-            raise BenchError(
-                f"{path}:1: missing required column '{required}' (header has {', '.join(names)}); "
-                f"add a '{required}:token' column")
-    wanted = ["user_id", "item_id"] + (["timestamp"] if "timestamp" in names else [])
-    blank = _scan_lines(path, len(names))
+    names, wanted = _columns(path)
+    return _read_checked(path, names, wanted, plain=_plain_file(path, len(names)))
+
+
+def _read_checked(path: Path, names: list[str], wanted: list[str], plain: bool) -> pd.DataFrame:
+    """The reference reader behind :func:`read_interactions`; ``plain``: :func:`_plain_file` said yes, so the
+    line-by-line scan would find nothing."""
+    blank = [] if plain else _scan_lines(path, len(names))
     try:
         df = pd.read_csv(path, sep="\t", header=None, skiprows=1, names=names, usecols=wanted, dtype=str,
                          keep_default_na=False, quoting=3, engine="c", na_filter=False, lineterminator="\n",
@@ -209,6 +224,115 @@ def read_interactions(path: Path) -> pd.DataFrame:
     if len(df) == 0:
         raise BenchError(f"{path}: no interactions after the header; the file is empty")
     return pd.DataFrame({"user": df["user_id"].to_numpy(), "item": df["item_id"].to_numpy(), "time": time_values})
+
+
+def _plain_file(path: Path, n_fields: int) -> bool:
+    """True when every data line of an atomic file is UTF-8 without NUL or CR bytes, has ``n_fields`` tab-separated
+    fields and is not blank, and there is at least one: then :func:`_scan_lines` would find nothing to report.
+    Vectorised over blocks of ``_SCAN_BLOCK`` bytes (about 1 s per GB)."""
+    lines, rest = 0, b""
+    with open(path, "rb") as handle:
+        handle.readline()
+        while True:
+            block = handle.read(_SCAN_BLOCK)
+            data = rest + block if block else (rest + b"\n" if rest else b"")
+            cut = data.rfind(b"\n") + 1
+            if cut and not _plain_lines(data[:cut], n_fields):
+                return False
+            lines += data.count(b"\n", 0, cut)
+            rest = data[cut:]
+            if not block:
+                return lines > 0
+
+
+def _plain_lines(body: bytes, n_fields: int) -> bool:
+    """:func:`_plain_file` for ``body``, whole lines each ending in a newline."""
+    if b"\x00" in body or b"\r" in body:
+        return False
+    if not body.isascii():
+        try:
+            body.decode("utf-8")  # UTF-8 never has a newline byte inside a character: lines stay whole
+        except UnicodeDecodeError:
+            return False
+    array = np.frombuffer(body, dtype=np.uint8)
+    ends = np.flatnonzero(array == 10)
+    tabs = np.diff(np.searchsorted(np.flatnonzero(array == 9), ends), prepend=0)
+    if (tabs != n_fields - 1).any():
+        return False
+    spaces = np.diff(np.searchsorted(np.flatnonzero((array == 32) | (array == 11) | (array == 12)), ends), prepend=0)
+    lengths = np.diff(ends, prepend=-1) - 1
+    return not (tabs + spaces == lengths).any()  # a line of nothing but whitespace is blank
+
+
+@dataclass(frozen=True, eq=False)
+class CodedInteractions:
+    """Interactions with integer-coded ids: row r is user ``user_ids[user[r]]`` with item ``item_ids[item[r]]``
+    at time ``time[r]``, rows in file order.
+
+    ``user``, ``item``: int64 ``[n]``; ``time``: float64 ``[n]``; ``user_ids``, ``item_ids``: object arrays of the
+    raw id strings, in no particular order (an id may have no rows left after filtering). About 24 bytes a row,
+    against two Python strings a row in the frame :func:`read_interactions` returns.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    time: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, rows: np.ndarray) -> "CodedInteractions":
+        """The rows at integer positions ``rows``, in that order, with the same id tables."""
+        return CodedInteractions(self.user[rows], self.item[rows], self.time[rows], self.user_ids, self.item_ids)
+
+    def frame(self) -> pd.DataFrame:
+        """The rows as :func:`read_interactions` returns them: ``user``, ``item`` (str), ``time`` (float64)."""
+        return pd.DataFrame({"user": self.user_ids[self.user], "item": self.item_ids[self.item], "time": self.time})
+
+    @classmethod
+    def from_columns(cls, users: np.ndarray, items: np.ndarray, time: np.ndarray) -> "CodedInteractions":
+        """Code raw id columns (``[n]`` str each) and float times ``[n]``."""
+        user, user_ids = pd.factorize(np.asarray(users, dtype=object))
+        item, item_ids = pd.factorize(np.asarray(items, dtype=object))
+        return cls(user.astype(np.int64), item.astype(np.int64), np.asarray(time, dtype=np.float64),
+                   np.asarray(user_ids, dtype=object), np.asarray(item_ids, dtype=object))
+
+
+def read_interaction_codes(path: Path) -> CodedInteractions:
+    """:func:`read_interactions` with integer-coded ids: the same rows, checks and errors.
+
+    A plain file (see :func:`_plain_file`) is parsed by pandas' C reader with float timestamps, about 3x faster
+    than the reference reader at a third of its memory; anything else, or anything that reader would reject,
+    goes through :func:`read_interactions`, which names the offending line.
+    """
+    names, wanted = _columns(path)
+    plain = _plain_file(path, len(names))
+    coded = _read_plain(path, names, wanted) if plain else None
+    if coded is None:
+        frame = _read_checked(path, names, wanted, plain)
+        coded = CodedInteractions.from_columns(frame["user"].to_numpy(), frame["item"].to_numpy(),
+                                               frame["time"].to_numpy())
+    return coded
+
+
+def _read_plain(path: Path, names: list[str], wanted: list[str]) -> CodedInteractions | None:
+    """Parse a plain file with float64 timestamps; None when a value needs the reference reader's checks."""
+    dtypes = {"user_id": str, "item_id": str, "timestamp": np.float64}
+    try:
+        df = pd.read_csv(path, sep="\t", header=None, skiprows=1, names=names, usecols=wanted,
+                         dtype={k: dtypes[k] for k in wanted}, keep_default_na=False, quoting=3, engine="c",
+                         na_filter=False, lineterminator="\n")
+    except (ValueError, OverflowError):
+        return None
+    time = df["timestamp"].to_numpy(np.float64) if "timestamp" in wanted else np.arange(len(df), dtype=np.float64)
+    if len(df) == 0 or not (np.abs(time) < _EXACT_FLOAT).all():  # also rejects inf and nan
+        return None
+    coded = CodedInteractions.from_columns(df["user_id"].to_numpy(), df["item_id"].to_numpy(), time)
+    if (coded.user_ids == "").any() or (coded.item_ids == "").any():
+        return None
+    return coded
 
 
 def _scan_lines(path: Path, n_fields: int) -> list[int]:
@@ -276,21 +400,66 @@ def filter_interactions(df: pd.DataFrame, min_user: int, min_item: int, max_user
     The sample is drawn from the sorted raw user ids, so it depends only on the data and the seed.
     Row order (and so tie order among equal timestamps) is preserved.
     """
-    df = _kcore(df, min_user, min_item)
-    if max_users is not None and df["user"].nunique() > max_users:
-        users = np.sort(df["user"].unique())
-        chosen = np.random.default_rng(sample_seed).choice(users, size=max_users, replace=False)
-        df = _kcore(df[df["user"].isin(chosen)], min_user, min_item)
-    return df.reset_index(drop=True)
+    coded = CodedInteractions.from_columns(df["user"].to_numpy(), df["item"].to_numpy(), np.zeros(len(df)))
+    rows = filter_rows(coded, min_user, min_item, max_users, sample_seed)
+    return df.iloc[rows].reset_index(drop=True)
 
 
-def _kcore(df: pd.DataFrame, min_user: int, min_item: int) -> pd.DataFrame:
+def filter_codes(inter: CodedInteractions, min_user: int, min_item: int, max_users: int | None,
+                 sample_seed: int) -> CodedInteractions:
+    """:func:`filter_interactions` on coded interactions (the same rows survive, in the same order)."""
+    return inter.take(filter_rows(inter, min_user, min_item, max_users, sample_seed))
+
+
+def filter_rows(inter: CodedInteractions, min_user: int, min_item: int, max_users: int | None,
+                sample_seed: int) -> np.ndarray:
+    """Positions (int64, ascending) of the rows that :func:`filter_interactions` keeps."""
+    rows = _kcore(inter.user, inter.item, np.arange(len(inter)), min_user, min_item)
+    users = np.flatnonzero(np.bincount(inter.user[rows], minlength=len(inter.user_ids)))
+    if max_users is not None and len(users) > max_users:
+        users = users[np.argsort(inter.user_ids[users])]  # by raw id, so the draw depends on data and seed only
+        chosen = np.zeros(len(inter.user_ids), dtype=bool)
+        chosen[np.random.default_rng(sample_seed).choice(users, size=max_users, replace=False)] = True
+        rows = _kcore(inter.user, inter.item, rows[chosen[inter.user[rows]]], min_user, min_item)
+    return rows
+
+
+def _kcore(user: np.ndarray, item: np.ndarray, rows: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
+    """The subset of ``rows`` left by alternately dropping the rows of items with fewer than ``min_item`` rows
+    (when ``min_item`` > 0) and of users with fewer than ``min_user``, until nothing changes."""
     while True:
-        before = len(df)
+        before = len(rows)
         if min_item > 0:
-            counts = df["item"].map(df["item"].value_counts())
-            df = df[counts.to_numpy() >= min_item]
-        counts = df["user"].map(df["user"].value_counts())
-        df = df[counts.to_numpy() >= min_user]
-        if len(df) == before:
-            return df
+            rows = rows[np.bincount(item[rows])[item[rows]] >= min_item]
+        rows = rows[np.bincount(user[rows])[user[rows]] >= min_user]
+        if len(rows) == before:
+            return rows
+
+
+def tsv_bytes(columns: Sequence[np.ndarray]) -> bytes:
+    """Tab-separated lines, each ending in a newline, of equal-length columns: byte strings (dtype ``S``, without
+    NUL bytes) or non-negative integers (written in decimal). Vectorised: about 1 s per 10M short rows."""
+    blocks = [_column_bytes(np.asarray(column)) for column in columns]
+    block = np.zeros((len(blocks[0]), sum(b.shape[1] + 1 for b in blocks)), dtype=np.uint8)
+    at = 0
+    for part in blocks:
+        block[:, at:at + part.shape[1]] = part
+        at += part.shape[1] + 1
+        block[:, at - 1] = ord("\t")
+    block[:, -1] = ord("\n")
+    flat = block.reshape(-1)
+    return flat[flat != 0].tobytes()  # 0 is padding: short strings, leading zeros
+
+
+def _column_bytes(column: np.ndarray) -> np.ndarray:
+    """``[n, width]`` uint8 of one :func:`tsv_bytes` column, padded with 0 bytes."""
+    if column.dtype.kind == "S":
+        return np.ascontiguousarray(column).view(np.uint8).reshape(len(column), column.dtype.itemsize)
+    values = column.astype(np.int64)
+    width = len(str(int(values.max()))) if len(values) else 1
+    out = np.zeros((len(values), width), dtype=np.uint8)
+    rest = values.copy()
+    for position in range(width - 1, -1, -1):
+        rest, digit = np.divmod(rest, 10)
+        out[:, position] = np.where((digit > 0) | (rest > 0) | (position == width - 1), digit + 48, 0)
+    return out

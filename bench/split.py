@@ -24,6 +24,8 @@ SPLIT_VERSION = "1"
 STAGES = ("valid", "test")
 #: The text every paradigm shows for an item without a title.
 UNTITLED = "an untitled item"
+#: Header of the prepared interactions file that RecBole reads (see :func:`write_chronological`).
+PREPARED_HEADER = ("user_id:token", "item_id:token", "timestamp:float")
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,41 +130,76 @@ def build_split(cfg: Config, cache_root: Path, progress=None) -> Split:
     meta = entry.read()
     if meta is not None:
         return _load(entry.path, meta)
-    frame = _chronological_positions(_prepared_interactions(cfg, files))
+    prepared = _prepared_interactions(cfg, files)
     titles = datasets.read_titles(files.item)
     with entry.write() as pending:
         (pending.path / key).mkdir()
-        frame.to_csv(pending.path / key / f"{key}.inter", sep="\t", index=False,
-                     header=["user_id:token", "item_id:token", "timestamp:float"])
+        write_chronological(prepared, pending.path / key / f"{key}.inter")
+        del prepared  # RecBole builds its own copy; at Amazon-Books scale this frees gigabytes first
         split = _from_recbole(cfg["data.dataset"], pending.path, key, titles)
         _save(split, pending.path)
         pending.data.update(_meta(split))
     return _load(entry.path, entry.read())
 
 
-def _prepared_interactions(cfg: Config, files: datasets.DatasetFiles) -> pd.DataFrame:
-    raw = datasets.read_interactions(files.inter)
-    frame = datasets.filter_interactions(raw, cfg["data.min_user_inter"], cfg["data.min_item_inter"],
-                                         cfg["data.max_users"], cfg["data.sample_seed"])
-    if frame.empty:
+def _prepared_interactions(cfg: Config, files: datasets.DatasetFiles) -> datasets.CodedInteractions:
+    raw = datasets.read_interaction_codes(files.inter)
+    kept = datasets.filter_codes(raw, cfg["data.min_user_inter"], cfg["data.min_item_inter"],
+                                 cfg["data.max_users"], cfg["data.sample_seed"])
+    if len(kept) == 0:
         raise BenchError(
             f"dataset '{cfg['data.dataset']}' is empty after filtering ({len(raw)} interactions before; "
             f"data.min_user_inter={cfg['data.min_user_inter']}, data.min_item_inter={cfg['data.min_item_inter']}); "
             "lower those thresholds")
-    return frame
+    return kept
 
 
-def _chronological_positions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Replace timestamps by each interaction's position in its user's time order (0, 1, 2, ...).
+def chronological_order(inter: datasets.CodedInteractions) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by raw user id, then time (ties keep file order): ``(order [n] int64, position [n] int64)``,
+    ``position`` being each sorted row's place in its user's history (0, 1, 2, ...)."""
+    present = np.flatnonzero(np.bincount(inter.user, minlength=len(inter.user_ids)))
+    rank = np.zeros(len(inter.user_ids), dtype=np.int64)
+    rank[present[np.argsort(inter.user_ids[present])]] = np.arange(len(present))
+    user_rank = rank[inter.user]
+    order = np.lexsort((inter.time, user_rank))
+    sorted_rank = user_rank[order]
+    starts = np.flatnonzero(np.r_[True, sorted_rank[1:] != sorted_rank[:-1]])
+    position = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order, position
+
+
+def write_chronological(inter: datasets.CodedInteractions, path: Path, rows_per_block: int = 1 << 20) -> None:
+    """Write the file RecBole builds the split from: ``user_id``, ``item_id`` and, as ``timestamp``, each
+    interaction's position in its user's time order (see :func:`chronological_order`), sorted by user and time.
 
     RecBole stores timestamps as float32, which resolves Unix times only to about a minute, so nearby
-    interactions would silently fall back to file order. Small integers are exact in float32; ties in the
-    original timestamps keep file order (stable sort).
+    interactions would silently fall back to file order; small integers are exact in float32. The bytes are
+    those of ``DataFrame.to_csv``, which writes them when an id needs CSV quoting.
     """
-    order = np.lexsort((frame["time"].to_numpy(), frame["user"].to_numpy()))
-    frame = frame.iloc[order].reset_index(drop=True)
-    frame["time"] = frame.groupby("user", sort=False).cumcount().astype(np.int64)
-    return frame
+    order, position = chronological_order(inter)
+    users, items = inter.user[order], inter.item[order]
+    user_bytes, item_bytes = _id_bytes(inter.user_ids, users), _id_bytes(inter.item_ids, items)
+    if user_bytes is None or item_bytes is None:
+        frame = pd.DataFrame({"user": inter.user_ids[users], "item": inter.item_ids[items], "time": position})
+        frame.to_csv(path, sep="\t", index=False, header=list(PREPARED_HEADER))
+        return
+    with open(path, "wb") as handle:
+        handle.write(("\t".join(PREPARED_HEADER) + "\n").encode())
+        for start in range(0, len(order), rows_per_block):
+            block = slice(start, start + rows_per_block)
+            handle.write(datasets.tsv_bytes([user_bytes[users[block]], item_bytes[items[block]], position[block]]))
+
+
+def _id_bytes(ids: np.ndarray, used: np.ndarray) -> np.ndarray | None:
+    """UTF-8 ids as a dtype ``S`` array indexed like ``ids`` (only the ``used`` codes filled), or None when an id
+    holds a character that ``to_csv`` would quote (or a NUL)."""
+    codes = np.flatnonzero(np.bincount(used, minlength=len(ids)))
+    encoded = [str(ids[c]).encode("utf-8") for c in codes]
+    if any(ch in b"".join(encoded) for ch in (b'"', b"\t", b"\n", b"\r", b"\x00")):
+        return None
+    out = np.zeros(len(ids), dtype=f"S{max(map(len, encoded), default=1)}")
+    out[codes] = encoded
+    return out
 
 
 def _from_recbole(dataset: str, data_path: Path, name: str, titles: dict | None) -> Split:
@@ -201,14 +238,7 @@ def split_from_recbole(dataset: str, rb_dataset, parts, titles: dict | None, pat
     train_len = np.maximum(counts - 1, 0)  # rows = interactions - 1; minus valid and test, plus the first item
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(train_len)
-    train_items = np.zeros(offsets[-1], dtype=np.int64)
-    targets = seq["target"].to_numpy()
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    for user in range(1, n_users):
-        if train_len[user] == 0:
-            continue
-        own = targets[starts[user]:starts[user + 1]]
-        train_items[offsets[user]:offsets[user + 1]] = np.concatenate([[first[user]], own[:-2]])
+    train_items = _train_items(seq["user"].to_numpy(), seq["target"].to_numpy(), first, counts, offsets)
     title_list = tuple(None if i == 0 or titles is None else titles.get(str(item_ids[i]))
                        for i in range(len(item_ids)))
     split = Split(dataset=dataset, user_ids=user_ids, item_ids=item_ids, train_offsets=offsets,
@@ -221,6 +251,23 @@ def split_from_recbole(dataset: str, rb_dataset, parts, titles: dict | None, pat
                          "has_titles": titles is not None})
     object.__setattr__(split, "hash", split.compute_hash())
     return split
+
+
+def _train_items(row_user: np.ndarray, targets: np.ndarray, first: pd.Series, counts: np.ndarray,
+                 offsets: np.ndarray) -> np.ndarray:
+    """Training histories, concatenated by user: the user's first item (``first``: user -> item), then the
+    targets of their rows (sorted by user, chronological within a user) except the last two (valid, test)."""
+    train_items = np.zeros(offsets[-1], dtype=np.int64)
+    with_history = np.flatnonzero(offsets[1:] > offsets[:-1])
+    missing = np.setdiff1d(with_history, first.index.to_numpy())
+    if missing.size:
+        raise BenchError(f"RecBole gave user {missing[0]} no first item; delete the split cache and rerun")
+    train_items[offsets[with_history]] = first.loc[with_history].to_numpy()
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    within = np.arange(len(row_user)) - starts[row_user]
+    keep = counts[row_user] - within > 2   # not one of the user's last two rows
+    train_items[offsets[row_user[keep]] + 1 + within[keep]] = targets[keep]
+    return train_items
 
 
 def _save(split: Split, folder: Path) -> None:
