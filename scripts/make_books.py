@@ -23,18 +23,15 @@ size takes about a minute and under 2 GB of memory on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.cache import atomic_file  # noqa: E402
 from bench.data import tsv_bytes  # noqa: E402  (vectorised tab-separated lines, shared with the split writer)
 
 FORMAT = 1
@@ -187,24 +184,6 @@ def titles(n: int, rng: np.random.Generator) -> np.ndarray:
     out = out + np.asarray(_SUFFIXES, dtype=object)[rng.integers(0, len(_SUFFIXES), size=n)]
     out[rng.random(n) < 0.02] = ""
     return out
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` in one rename,
-    on an exception it is deleted and ``path`` is left as it was."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _bar(total: int, desc: str, quiet: bool):
