@@ -6,7 +6,7 @@ PARADIGMS ?= all
 DATASET ?= ml-100k
 ARGS ?=
 
-.PHONY: setup run smoke test perf clean
+.PHONY: setup run smoke test perf device-check clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -22,6 +22,9 @@ test: setup
 
 perf: setup
 	$(PY) -m pytest tests/perf -p no:cacheprovider -s --override-ini="addopts=-q"
+
+device-check:  # on a GPU machine: CUDA tests, a timed ml-100k run, stage timings and peak GPU memory
+	bash scripts/device_check.sh
 
 clean:
 	rm -rf .venv .pytest_cache
