@@ -9,7 +9,7 @@ from bench.features import FeatureStore, FrozenLLM
 from bench.llm import BACKBONES, Backbone, _package_file
 from bench.split import build_split
 from bench.training import bpr_loss
-from conftest import fit_paradigms
+from conftest import assert_no_prompt_leak, fit_paradigms
 from paradigms.lora import adapted_copy
 
 LORA = ("id-direct-lora", "id-translation-lora")
@@ -76,11 +76,6 @@ def test_only_adapters_and_towers_train(fitted, name):
 def test_no_validation_or_test_item_reaches_training_or_validation_prompts(fitted, name, test_marker, valid_marker):
     _, split, _, _, paradigms = fitted
     paradigm = paradigms[name]
-    train_texts = [p.text for p in paradigm.train_prompts]
-    valid_texts = [p.text for p in paradigm._stage_prompts("valid")[0]]
-    test_texts = [p.text for p in paradigm._stage_prompts("test")[0]]
-    assert len(train_texts) > 0
-    assert not any(test_marker in t or valid_marker in t for t in train_texts + valid_texts)
-    assert all(test_marker not in t and t.count(valid_marker) == 1 for t in test_texts)
+    assert_no_prompt_leak(paradigm, test_marker, valid_marker)
     scores = paradigm.score(split.users[:4], "test")
     assert scores.shape == (4, split.n_items) and torch.isfinite(scores).all()

@@ -5,7 +5,7 @@ import torch
 from bench import resources
 from bench.config import load_config
 from bench.split import build_split
-from conftest import fit_paradigms
+from conftest import assert_no_prompt_leak, fit_paradigms
 
 TEXT_PARADIGMS = ("id-direct", "id-translation")
 
@@ -31,17 +31,8 @@ def test_backbone_weights_are_bit_identical_after_fit(fitted):
 @pytest.mark.parametrize("name, test_marker, valid_marker", [("id-direct", "CANARY", "VALIDBIRD"),
                                                               ("id-translation", "Canary Movie", "Valid Bird")])
 def test_no_validation_or_test_item_leaks_into_prompts(fitted, name, test_marker, valid_marker):
-    _, split, _, _, paradigms = fitted
-    paradigm = paradigms[name]
-    train_texts = [p.text for p in paradigm.train_prompts]
-    valid_texts = [p.text for p in paradigm._stage_prompts("valid")[0]]
-    test_texts = [p.text for p in paradigm._stage_prompts("test")[0]]
-    assert len(train_texts) > 0
-    for text in train_texts + valid_texts:
-        assert test_marker not in text and valid_marker not in text
-    for text in test_texts:
-        assert test_marker not in text
-    assert all(t.count(valid_marker) == 1 for t in test_texts)  # the validation item is test-stage history
+    paradigms = fitted[-1]
+    assert_no_prompt_leak(paradigms[name], test_marker, valid_marker)
 
 
 @pytest.mark.parametrize("name", TEXT_PARADIGMS)
