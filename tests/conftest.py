@@ -95,3 +95,14 @@ def assert_no_prompt_leak(paradigm, test_marker: str, valid_marker: str) -> None
     assert len(train_texts) > 0
     assert not any(test_marker in t or valid_marker in t for t in train_texts + valid_texts)
     assert all(test_marker not in t and t.count(valid_marker) == 1 for t in test_texts)
+
+
+def load_script(name: str):
+    """Import ``scripts/NAME.py`` as a module (the scripts folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module

@@ -1,5 +1,4 @@
 """scripts/make_books.py: the seeded synthetic Amazon_Books-like data set (a tiny --scale version)."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +10,14 @@ import pytest
 from bench import data
 from bench.config import load_config
 from bench.split import build_split
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_books.py"
 SCALE = "0.001"  # 22,500 rows, 8,000 users, 2,300 items
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("make_books", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_books")
 
 
 def _make(out: Path, *args: str) -> subprocess.CompletedProcess:

@@ -12,23 +12,17 @@ Asserted: the issue's goals for the split (under 10 minutes, under 12 GB), a spl
 that ranking never holds a users x items score matrix (its peak is a fraction of one). Timings depend on the
 machine; the goals were set for 2 CPU cores and 24 GB.
 """
-import importlib.util
 import os
 import shutil
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "books_scale.py"
+from conftest import load_script
+
 SPLIT_GOAL_S, SPLIT_GOAL_GB = 600, 12.0
 USERS = 2_000
 
 
 def _books_scale():
-    spec = importlib.util.spec_from_file_location("books_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("books_scale")
 
 
 def test_books_scale_split_and_full_ranking(tmp_path):
