@@ -57,7 +57,7 @@ def build(run_dir: Path) -> None:
     atomic_write_text(run.path / "significance.csv", tests.to_csv(index=False, float_format="%.6g"))
     table = results_table(run, summary, tests)
     atomic_write_text(run.path / "results.csv", table.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(run.path / "results.md", results_md(run, table))
+    atomic_write_text(run.path / "results.md", results_md(run, table, summary))
     atomic_write_text(run.path / "results.tex", results_tex(run, table))
     plots.draw_all(run)
 
@@ -117,8 +117,9 @@ def _extras(row: pd.Series) -> list[str]:
 EXTRA_HEADERS = ["trainable params", "mean prompt tokens", "train time (s)"]
 
 
-def results_md(run: Run, table: pd.DataFrame) -> str:
-    """Markdown results table with superscript letters, the run's identity and the prompt-cost table."""
+def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
+    """Markdown results table with superscript letters, the run's identity, the validation table and the
+    prompt-cost table."""
     metrics = run.report_metrics
     manifest, multi = run.manifest, len(run.seeds) > 1
     lines = [f"# Results: {manifest.dataset}", "",
@@ -143,9 +144,27 @@ def results_md(run: Run, table: pd.DataFrame) -> str:
     if own:
         lines += ["Training budgets differ: " + "; ".join(own) + " (every other paradigm: the shared `train` "
                   "section).", ""]
+    lines += _validation_md(run, summary)
     if len(run.tokens):
         lines += _token_md(run.tokens)
     return "\n".join(lines)
+
+
+def _validation_md(run: Run, summary: dict) -> list[str]:
+    """The report metrics on the validation stage (what early stopping, tuning and defaults are chosen on)."""
+    metrics, multi = run.report_metrics, len(run.seeds) > 1
+    lines = ["## Validation", "", "The same metrics on the validation stage (each user's second-to-last item), "
+             "where early stopping, `bench tune` and the defaults choose; compare settings here, not on the test "
+             "table.", "", "| paradigm | " + " | ".join(map(display_name, metrics)) + " |",
+             "|---|" + "---:|" * len(metrics)]
+    for name in run.paradigms:
+        cells = []
+        for metric in metrics:
+            cell = summary[name].get("valid", {}).get(metric)
+            cells.append("" if cell is None else _number(cell["mean"]) + (f" ± {_number(cell['std'])}" if multi
+                                                                          else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _own_budgets(manifest) -> list[str]:

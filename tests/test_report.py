@@ -103,3 +103,17 @@ def test_missing_file_is_a_one_line_error(tmp_path):
     (path / "manifest.json").unlink()
     with pytest.raises(report.BenchError, match="manifest.json is missing"):
         report.build(path)
+
+
+def test_results_md_has_a_validation_table_from_the_valid_stage_only(tmp_path):
+    """Settings are chosen on validation, so results.md shows it apart from the test table, per paradigm."""
+    path = make_run(tmp_path / "run", {"strong": 0.6, "weak": 0.3})
+    table = pd.read_csv(path / "per_user.csv")
+    valid = table["stage"] == "valid"
+    table.loc[valid, "hit@100"] = np.where(table.loc[valid, "paradigm"] == "strong", 0.125, 0.25)
+    table.to_csv(path / "per_user.csv", index=False)
+    report.build(path)
+    md = (path / "results.md").read_text()
+    validation = md.split("## Validation", 1)[1].split("\n## ", 1)[0]
+    assert "| strong | 0.1250 ± 0.0000 |" in validation and "| weak | 0.2500 ± 0.0000 |" in validation
+    assert "0.1250" not in md.split("## Validation", 1)[0]  # the test table is untouched by validation values
