@@ -75,15 +75,28 @@ def tune(spec: str, cfg: Config, trials: int, out: Path, progress: Callable | No
     for arm in arms:
         study = optuna.create_study(study_name=arm.label, storage=storage, direction="maximize", load_if_exists=True,
                                     sampler=optuna.samplers.TPESampler(seed=seed))
-        if not study.trials:
-            study.enqueue_trial(default_values(arm))
+        _queue_default(study, default_values(arm))
         budget = trials if arm.cls.search_space else 1
         done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
         if done < budget:
             study.optimize(lambda trial, arm=arm: _objective(trial, arm, cfg, shared, seed), n_trials=budget - done)
         studies[arm.label] = study
-    _write(out, studies, arms)
+        _write(out, studies, arms[:len(studies)])  # after every paradigm: a long tune shows its progress
     return out
+
+
+def _queue_default(study, default: dict[str, Any]) -> None:
+    """Make the default configuration the next trial unless it completed or waits already (a tune interrupted
+    during its first trial leaves that trial RUNNING forever; it is marked failed here)."""
+    from optuna.trial import TrialState
+
+    for trial in study.trials:
+        if trial.state == TrialState.RUNNING:
+            study.tell(trial.number, state=TrialState.FAIL)
+    if any(t.params == default for t in study.trials if t.state == TrialState.COMPLETE) or \
+            study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return
+    study.enqueue_trial(default)
 
 
 def _objective(trial, arm: plan.Arm, cfg: Config, shared: Resources, seed: int) -> float:

@@ -93,3 +93,19 @@ def test_a_search_space_that_names_no_option_is_rejected_at_registration(isolate
             def fit(self, split, context): ...
 
             def score(self, users, stage): ...
+
+
+def test_a_tune_killed_during_its_default_trial_still_runs_the_default_first(tmp_path, slice_overrides):
+    import optuna
+
+    cfg = load_config("smoke", overrides=[*slice_overrides, "train.epochs=1"])
+    default = default_values(plan.arms("id-translation", cfg)[0])
+    out = tmp_path / "t"
+    out.mkdir()
+    study = optuna.create_study(study_name="id-translation", storage=f"sqlite:///{out / 'study.db'}",
+                                direction="maximize")
+    study.enqueue_trial(default)
+    study.ask()  # the killed process: trial 0 took the default and never finished
+    tune("id-translation", cfg, 1, out)
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 1 and json.loads(trials["params"].iloc[0]) == default
