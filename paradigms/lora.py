@@ -10,7 +10,8 @@ The run's backbone is shared by every paradigm, so these adapt their own copy of
 Every training step runs the backbone on the batch's prompts and item texts (in micro-batches of
 ``micro_batch`` sequences with exact whole-batch gradients, :mod:`bench.training`); every validation recomputes
 all users' and items' vectors. That is RA-Rec's cost class, not the frozen paradigms': use a GPU beyond the
-smoke preset.
+smoke preset. Like RA-Rec they can train on a ``train_fraction`` of the samples (diversity-sampled with
+``diversity``); the default preset gives both the same 20%, so they see the same samples.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from bench.tokens import FittedPrompt
 from bench.training import count_training_samples, train_bpr, training_samples
 from paradigms.id_direct import IDDirect
 from paradigms.id_translation import IDTranslation
+from paradigms.ra_rec import select_samples
 
 
 def adapted_copy(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets) -> torch.nn.Module:
@@ -50,7 +52,9 @@ class LoRAText:
     """Mixin over a :class:`paradigms._text.TextTwoTower` paradigm: its prompts through a LoRA-adapted backbone."""
 
     needs_llm = True
-    lora_defaults = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": None, "micro_batch": 16}
+    lora_defaults = {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": None, "micro_batch": 16,
+                     # which training samples, exactly as RA-Rec draws them (paradigms.ra_rec.select_samples)
+                     "train_fraction": 1.0, "diversity": False, "denoise": False}
     search_space = {"rank": ("choice", [4, 8, 16]), "train.learning_rate": ("float", 1e-4, 1e-2, "log"),
                     "train.samples_per_user": ("int", 1, 20, "log")}
 
@@ -59,7 +63,8 @@ class LoRAText:
         """Per epoch every batch row twice (with and without a graph; a backward counts 2), then all users and
         items at every validation and for the test stage."""
         users, items = split.n_users - 1, split.n_items - 1
-        samples = count_training_samples(split, config["train.samples_per_user"])
+        available = count_training_samples(split, config["train.samples_per_user"])
+        samples = max(1, round(options["train_fraction"] * available))
         epochs, batches = config["train.epochs"], -(-samples // config["train.batch_size"])
         user_side = epochs * 4 * samples + (epochs + 2) * users
         item_side = epochs * 4 * (samples + config["train.negatives"] * batches) + (epochs + 2) * items
@@ -75,7 +80,8 @@ class LoRAText:
         self._model = adapted_copy(llm.backbone.model, opts["rank"], opts["alpha"], opts["dropout"], opts["targets"])
         self._model.eval()  # no dropout in the backbone: the micro-batched step recomputes the same passes
         self._towers = _Heads(llm.backbone.width, opts["dim"]).to(llm.backbone.device)
-        users, lengths, targets = training_samples(split, cfg["train.samples_per_user"])
+        users, lengths, targets = select_samples(split, opts, context.seed,
+                                                 *training_samples(split, cfg["train.samples_per_user"]))
         self.train_prompts = [self.prompt(split, u, split.train_history(u)[:n], llm.token_budget,
                                           llm.backbone.count_tokens) for u, n in zip(users, lengths)]
         self._sample_ids = self._tokenize([p.text for p in self.train_prompts], llm.token_budget)

@@ -79,3 +79,29 @@ def test_no_validation_or_test_item_reaches_training_or_validation_prompts(fitte
     assert_no_prompt_leak(paradigm, test_marker, valid_marker)
     scores = paradigm.score(split.users[:4], "test")
     assert scores.shape == (4, split.n_items) and torch.isfinite(scores).all()
+
+
+def test_a_train_fraction_trains_on_the_samples_ra_rec_draws(canary_data, cache_root):
+    """The default preset gives LoRA and RA-Rec the same 20%: the same diversity-sampled samples, and the plan's
+    workload counts them."""
+    from bench import registry
+    from bench.training import training_samples
+    from paradigms.ra_rec import select_samples
+
+    cfg = load_config("smoke", overrides=[{"data": {"dataset": "birds", "data_dir": str(canary_data)},
+                                           "cache_dir": str(cache_root)}, "train.epochs=1", "data.max_users=30",
+                                          "train.samples_per_user=4",
+                                          "paradigms.id-translation-lora.train_fraction=0.5",
+                                          "paradigms.id-translation-lora.diversity=true"])
+    split = build_split(cfg, cache_root)
+    paradigm = fit_paradigms(["id-translation-lora"], cfg, split, tiny_llm(cache_root), cache_root)[
+        "id-translation-lora"]
+    options = paradigm._ctx.options
+    users, lengths, _ = select_samples(split, options, 0, *training_samples(split, 4))
+    llm = paradigm._ctx.llm
+    expected = [paradigm.prompt(split, u, split.train_history(u)[:n], llm.token_budget, llm.backbone.count_tokens).text
+                for u, n in zip(users, lengths)]
+    assert len(expected) == round(0.5 * len(training_samples(split, 4)[0]))
+    assert [p.text for p in paradigm.train_prompts] == expected
+    workload = registry.get("id-translation-lora").workload(split, cfg, options)
+    assert workload.training_samples == len(expected)
