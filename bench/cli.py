@@ -106,6 +106,10 @@ def _overrides(args: argparse.Namespace) -> list:
 def _progress(quiet: bool):
     from tqdm import tqdm
 
+    if quiet:  # transformers draws its own "Loading weights" bar
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return None if quiet else functools.partial(tqdm, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
 

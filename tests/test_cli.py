@@ -27,6 +27,7 @@ def smoke_run(tmp_path_factory, fixtures_dir, cache_root):
 
 def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     out, result = smoke_run
+    assert "it/s]" not in result.stderr and "Loading weights" not in result.stderr  # --quiet: no bars at all
     for name in ("config.yaml", "manifest.json", "per_user.csv", "metrics.json", "results.md", "results.csv",
                  "tokens.csv"):
         assert (out / name).is_file(), name
