@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="comma-separated names, globs (ra-rec*) or 'all' (default: all)")
     run.add_argument("--dataset", help="ml-100k, book, cloth, or NAME under --data-dir (config: data.dataset)")
     run.add_argument("--data-dir", help="folder holding NAME/NAME.inter (config: data.data_dir; env BENCH_DATA)")
-    run.add_argument("--preset", help="configs/presets/NAME.yaml: smoke, default, paper "
-                                                         "(default: default)")
+    run.add_argument("--preset", help="configs/presets/NAME.yaml: smoke, default, paper, "
+                                                         "more-samples (default: default)")
     run.add_argument("--config", metavar="FILE", help="YAML file of config keys, applied after the preset")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override one config key (dotted), repeatable: --set data.max_users=500")

@@ -68,7 +68,7 @@ def test_override_parsing():
 
 
 def test_presets_are_listed():
-    assert {"smoke", "default", "paper"} <= set(presets())
+    assert {"smoke", "default", "paper", "more-samples"} <= set(presets())
 
 
 @pytest.mark.parametrize("override, message", [
@@ -108,3 +108,10 @@ def _leaves(tree: dict, prefix: str = "") -> list[str]:
         elif not isinstance(value, dict):
             out.append(f"{prefix}{key}")
     return out
+
+
+def test_the_more_samples_preset_is_the_default_preset_with_more_samples():
+    """It repeats the default preset's lines (presets do not include each other): they must not drift apart."""
+    default, more = load_config("default").to_dict(), load_config("more-samples").to_dict()
+    assert more["train"].pop("samples_per_user") == 100 and default["train"].pop("samples_per_user") == 5
+    assert more == default
