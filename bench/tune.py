@@ -26,6 +26,7 @@ from bench.config import Config, with_overrides
 from bench.contract import Context
 from bench.errors import BenchError
 from bench.evaluation import fit_paradigm, validation_ndcg
+from bench.progress import progress_bar
 from bench.resources import Resources, Timings, pick_device, seed_everything
 
 
@@ -79,7 +80,13 @@ def tune(spec: str, cfg: Config, trials: int, out: Path, progress: Callable | No
         budget = trials if arm.cls.search_space else 1
         done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
         if done < budget:
-            study.optimize(lambda trial, arm=arm: _objective(trial, arm, cfg, shared, seed), n_trials=budget - done)
+            with progress_bar(progress, total=budget, initial=done, desc=f"tune {arm.label}", unit="trial") as bar:
+                def advance(study, _trial, bar=bar):
+                    bar.update(1)
+                    bar.set_postfix(best_valid_ndcg10=f"{study.best_value:.4f}")
+
+                study.optimize(lambda trial, arm=arm: _objective(trial, arm, cfg, shared, seed),
+                               n_trials=budget - done, callbacks=[advance])
         studies[arm.label] = study
         _write(out, studies, arms[:len(studies)])  # after every paradigm: a long tune shows its progress
     return out

@@ -21,12 +21,35 @@ def tuned(tmp_path_factory, slice_overrides):
     out = tmp_path_factory.mktemp("tune") / "t"
     tune(SPEC, cfg, 2, out)
     first = pd.read_csv(out / "trials.csv")
-    tune(SPEC, cfg, 3, out)  # continues the stored studies: one more trial where there is something to tune
-    return cfg, out, first, pd.read_csv(out / "trials.csv")
+    bars = []
+    tune(SPEC, cfg, 3, out, progress=lambda **kw: bars.append(Bar(**kw)) or bars[-1])  # one more trial each
+    return cfg, out, first, pd.read_csv(out / "trials.csv"), bars
+
+
+class Bar:
+    """Records what a progress bar is told."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.updates, self.postfix = kwargs, 0, None
+
+    def update(self, n=1):
+        self.updates += n
+
+    def set_postfix(self, *args, **kwargs):
+        self.postfix = kwargs
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def test_every_paradigm_gets_the_same_trials_with_the_default_first(tuned):
-    cfg, _, first, _ = tuned
+    cfg, _, first, _, _ = tuned
     counts = first.groupby("paradigm").size().to_dict()
     assert counts == {"id-translation": 2, "pop": 1}  # pop has nothing to tune: its default trial only
     default = default_values(plan.arms("id-translation", cfg)[0])
@@ -36,7 +59,7 @@ def test_every_paradigm_gets_the_same_trials_with_the_default_first(tuned):
 
 def test_the_tuned_config_is_never_worse_on_validation_and_bench_run_reads_it(tuned, fixtures_dir, cache_root,
                                                                                 tmp_path):
-    _, out, _, trials = tuned
+    _, out, _, trials, _ = tuned
     best = yaml.safe_load((out / "tuned.yaml").read_text())
     for label, group in trials.groupby("paradigm"):
         assert group["valid_ndcg@10"].max() >= group[group.trial == 0]["valid_ndcg@10"].iloc[0]
@@ -53,8 +76,18 @@ def test_the_tuned_config_is_never_worse_on_validation_and_bench_run_reads_it(tu
         assert "Training budgets differ: id-translation: train." in (tmp_path / "run" / "results.md").read_text()
 
 
+def test_a_tune_shows_its_trials_per_paradigm(tuned):
+    *_, trials, bars = tuned
+    bar = next(b for b in bars if b.kwargs.get("unit") == "trial")
+    assert bar.kwargs["desc"] == "tune id-translation" and bar.kwargs["total"] == 3 and bar.kwargs["initial"] == 2
+    assert bar.updates == 1
+    best = trials[trials.paradigm == "id-translation"]["valid_ndcg@10"].max()
+    assert bar.postfix == {"best_valid_ndcg10": f"{best:.4f}"}
+    assert not any(b.kwargs.get("desc") == "tune pop" for b in bars)  # its one trial was done
+
+
 def test_an_interrupted_tune_continues_where_it_stopped(tuned):
-    _, out, first, trials = tuned
+    _, out, first, trials, _ = tuned
     assert trials.groupby("paradigm").size().to_dict() == {"id-translation": 3, "pop": 1}
     kept = trials.merge(first, on=["paradigm", "trial"], suffixes=("", "_first"))
     assert len(kept) == len(first) and (kept["valid_ndcg@10"] == kept["valid_ndcg@10_first"]).all()
