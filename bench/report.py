@@ -79,6 +79,7 @@ def results_table(run: Run, summary: dict, tests: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_mean"], row[f"{metric}_std"] = cell.get("mean"), cell.get("std")
             row[f"{metric}_beats"] = "".join(sorted(letters[b] for b in wins.get(metric, {}).get(name, [])))
         row["trainable_parameters"] = run.manifest.trainable_parameters(name)
+        row["training_samples"] = run.manifest.training_samples(name)
         row["mean_prompt_tokens"] = float(prompt[name]) if name in prompt.index else None
         row["fit_seconds"] = run.manifest.fit_seconds(name)
         rows.append(row)
@@ -107,14 +108,23 @@ def _number(value: float | None, digits: int = 4) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
 
-def _extras(row: pd.Series) -> list[str]:
+def _with_samples(table: pd.DataFrame) -> bool:
+    """Whether the tables get a training-samples column (runs made before it was recorded have none)."""
+    return bool(table["training_samples"].notna().any())
+
+
+def _extra_headers(table: pd.DataFrame) -> list[str]:
+    return ["trainable params", *(["training samples"] if _with_samples(table) else []), "mean prompt tokens",
+            "train time (s)"]
+
+
+def _extras(row: pd.Series, with_samples: bool) -> list[str]:
     params = "" if pd.isna(row["trainable_parameters"]) else f"{int(row['trainable_parameters']):,}"
+    samples = ["-" if pd.isna(row["training_samples"]) else f"{int(row['training_samples']):,}"] if with_samples \
+        else []
     tokens = "-" if pd.isna(row["mean_prompt_tokens"]) else f"{row['mean_prompt_tokens']:.1f}"
     seconds = "" if pd.isna(row["fit_seconds"]) else f"{row['fit_seconds']:.1f}"
-    return [params, tokens, seconds]
-
-
-EXTRA_HEADERS = ["trainable params", "mean prompt tokens", "train time (s)"]
+    return [params, *samples, tokens, seconds]
 
 
 def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
@@ -128,7 +138,7 @@ def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
              f"encoder `{(manifest.encoder or {}).get('key', 'none')}`",
              f"- command: `{manifest.command}`",
              "- every pairwise test (p-values, bootstrap 95% CI, wins/ties/losses): `significance.csv`", ""]
-    header = ["", "paradigm", *map(display_name, metrics), *EXTRA_HEADERS]
+    header = ["", "paradigm", *map(display_name, metrics), *_extra_headers(table)]
     lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     best = {m: _best(table, m) for m in metrics}
     for _, row in table.iterrows():
@@ -138,7 +148,7 @@ def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
             text = f"**{text}**" if row["paradigm"] in best[metric] else text
             beats = row[f"{metric}_beats"]
             cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
-        lines.append("| " + " | ".join(cells + _extras(row)) + " |")
+        lines.append("| " + " | ".join(cells + _extras(row, _with_samples(table))) + " |")
     lines.append("")
     own = _own_budgets(manifest)
     if own:
@@ -205,7 +215,8 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
     metrics = run.report_metrics
     multi = len(run.seeds) > 1
     best = {m: _best(table, m) for m in metrics}
-    header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params", "Tokens", "Time (s)"]
+    header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params",
+              *(["Samples"] if _with_samples(table) else []), "Tokens", "Time (s)"]
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{tex_escape(run.manifest.dataset)}: {tex_escape(_caption(run))}}}",
              rf"\label{{tab:bench-{tex_escape(run.manifest.dataset)}}}",
@@ -220,7 +231,7 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
                 value += rf"{{\scriptsize$\pm${_number(row[f'{metric}_std'])}}}"
             beats = row[f"{metric}_beats"]
             cells.append(value + (rf"$^{{\mathrm{{{beats}}}}}$" if isinstance(beats, str) and beats else ""))
-        cells += [tex_escape(x) for x in _extras(row)]
+        cells += [tex_escape(x) for x in _extras(row, _with_samples(table))]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     return "\n".join(lines).replace("±", r"$\pm$")

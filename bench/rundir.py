@@ -104,6 +104,12 @@ class Manifest:
         seconds = [s for s in seconds if s is not None]
         return float(np.mean(seconds)) if seconds else None
 
+    def training_samples(self, label: str) -> int | None:
+        """Samples per epoch of ``label``'s own training loop (None: it has none, the run predates the record, or
+        its seeds disagree)."""
+        counts = {(info.get("training") or {}).get("training_samples") for info in self._seed_infos(label)}
+        return counts.pop() if len(counts) == 1 else None
+
     def trainable_parameters(self, label: str) -> int | None:
         """``label``'s trainable parameter count (None when its seeds disagree)."""
         counts = {info.get("trainable_parameters") for info in self._seed_infos(label)}

@@ -82,7 +82,8 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
     and may add per-row auxiliary losses (``row_aux = True``: its vector methods then also take ``aux=``, the
     whole batch's ids, and return ``(vectors, row losses)``). ``learning_rate`` overrides ``train.learning_rate``
     (a paradigm option); the rate rises linearly over the first ``warmup_steps`` optimiser steps.
-    Returns epochs trained, the best epoch and its validation score, seconds and the per-epoch history.
+    Returns the training samples (per epoch), epochs trained, the best epoch and its validation score, seconds and
+    the per-epoch history.
     """
     params = [p for p in task.parameters() if p.requires_grad]
     lr = cfg["train.learning_rate"] if learning_rate is None else learning_rate
@@ -107,8 +108,8 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
                 if bad_epochs >= cfg["train.stopping_step"]:
                     break
     _restore(task, best_state)
-    return {"epochs": len(history) - 1, "best_epoch": best_epoch, "best_valid_ndcg@10": best,
-            "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+    return {"training_samples": len(targets), "epochs": len(history) - 1, "best_epoch": best_epoch,
+            "best_valid_ndcg@10": best, "train_seconds": round(time.perf_counter() - start, 2), "history": history}
 
 
 def _epoch(task, targets: torch.Tensor, n_items: int, cfg: Config, generator: torch.Generator, optim: tuple,

@@ -338,7 +338,7 @@ class RARec(Paradigm):
         towers = self._towers
         self._text = {"sample": _TextOnly(len(targets), lambda s: towers.text_only(self._tokens("sample", s))),
                       "item": _TextOnly(split.n_items, lambda i: towers.text_only(self._tokens("item", i)))}
-        self.info = {"trained": False, "samples": int(len(targets)), "micro_batch": self.micro_batch,
+        self.info = {"trained": False, "micro_batch": self.micro_batch,
                      "similarity": self._towers.similarity}
         if opts["trained"]:
             info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,

@@ -147,7 +147,7 @@ class RARecItems(Paradigm):
         extra = self._infonce if opts["infonce_weight"] > 0 else None
         info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
                          context.progress, extra_loss=extra, desc=f"{self.name} fit")
-        self.info = {**info, "samples": int(len(targets))}
+        self.info = info
         self._vectors, self._items = {}, self._item_vectors()
 
     # -- the task the shared training loop drives ------------------------------------------------------------

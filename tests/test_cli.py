@@ -52,6 +52,11 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     table = (out / "results.md").read_text()
     assert "| pop |" in table and "| sasrec |" in table and "| HR@100 | NDCG@10 |" in table
     assert "| pop |" in result.stdout
+    trained = manifest["paradigms"]["id-direct"]["seeds"]["0"]["training"]["training_samples"]
+    assert 0 < trained <= 60 * 2 and manifest["paradigms"]["pop"]["seeds"]["0"]["training"] is None  # smoke: 2/user
+    rows = {line.split(" | ")[1]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "| trainable params | training samples |" in table
+    assert f" | {trained} | " in rows["id-direct"] and rows["pop"].endswith("| 0 | - | - | 0.0 |")
 
 
 TABLES = ("results.md", "results.csv", "results.tex", "significance.csv", "metrics.json")

@@ -179,7 +179,7 @@ def test_training_sample_selection(setup):
     assert len(chosen) == 16 and len(set(chosen.tolist())) == 16
     assert len(set(zip(lengths[chosen], popularity[chosen]))) == 16  # one from every bucket
     paradigm = _fit(setup, train_fraction=0.25)
-    assert paradigm.info["samples"] == round(0.25 * 60 * 2)
+    assert paradigm.info["training_samples"] == round(0.25 * 60 * 2)
     users = np.array([1, 1])
     history = split.train_history(1)
     keep = denoise(split, users, np.array([3, 3]), np.array([history[3], history[3]]))

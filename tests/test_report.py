@@ -1,4 +1,5 @@
 """Result tables (markdown, CSV, LaTeX) and plots built from a constructed run directory."""
+import json
 import shutil
 import subprocess
 
@@ -117,3 +118,22 @@ def test_results_md_has_a_validation_table_from_the_valid_stage_only(tmp_path):
     validation = md.split("## Validation", 1)[1].split("\n## ", 1)[0]
     assert "| strong | 0.1250 ± 0.0000 |" in validation and "| weak | 0.2500 ± 0.0000 |" in validation
     assert "0.1250" not in md.split("## Validation", 1)[0]  # the test table is untouched by validation values
+
+
+def test_training_samples_get_a_column_once_recorded(tmp_path):
+    """Accuracy per training sample needs the count: recorded per seed by the training loop, shown when known."""
+    old = make_run(tmp_path / "old", {"strong": 0.6, "weak": 0.3})
+    report.build(old)
+    assert "training samples" not in (old / "results.md").read_text()  # runs from before the record: unchanged
+    path = make_run(tmp_path / "run", {"strong": 0.6, "weak": 0.3})
+    manifest = json.loads((path / "manifest.json").read_text())
+    for info in manifest["paradigms"]["strong"]["seeds"].values():
+        info["training"] = {"training_samples": 1234, "epochs": 2}
+    write_json(path / "manifest.json", manifest)
+    report.build(path)
+    md = (path / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("|  | paradigm"))
+    assert header.endswith("| trainable params | training samples | mean prompt tokens | train time (s) |")
+    assert "| 1,000 | 1,234 | 43.5 | 2.5 |" in md and "| 1,000 | - | 43.5 | 2.5 |" in md
+    assert pd.read_csv(path / "results.csv").set_index("paradigm").loc["strong", "training_samples"] == 1234
+    assert r"& Params & Samples & Tokens" in (path / "results.tex").read_text()
