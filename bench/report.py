@@ -150,7 +150,7 @@ def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
             cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
         lines.append("| " + " | ".join(cells + _extras(row, _with_samples(table))) + " |")
     lines.append("")
-    own = _own_budgets(manifest)
+    own = _own_budgets(manifest, run.config)
     if own:
         lines += ["Training budgets differ: " + "; ".join(own) + " (every other paradigm: the shared `train` "
                   "section).", ""]
@@ -177,11 +177,12 @@ def _validation_md(run: Run, summary: dict) -> list[str]:
     return lines + [""]
 
 
-def _own_budgets(manifest) -> list[str]:
-    """``"NAME: train.KEY=VALUE, ..."`` for every paradigm that set its own training values."""
+def _own_budgets(manifest, config) -> list[str]:
+    """``"NAME: train.KEY=VALUE, ..."`` for every paradigm that set its own training values, where they differ
+    from the shared ``train`` section (a tuned configuration may restate the shared values)."""
     out = []
     for label, entry in manifest.paradigms.items():
-        own = (entry.get("options") or {}).get("train") or {}
+        own = {k: v for k, v in ((entry.get("options") or {}).get("train") or {}).items() if v != config[f"train.{k}"]}
         if own:
             out.append(f"{label}: " + ", ".join(f"train.{k}={v}" for k, v in own.items()))
     return out

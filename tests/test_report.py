@@ -137,3 +137,17 @@ def test_training_samples_get_a_column_once_recorded(tmp_path):
     assert "| 1,000 | 1,234 | 43.5 | 2.5 |" in md and "| 1,000 | - | 43.5 | 2.5 |" in md
     assert pd.read_csv(path / "results.csv").set_index("paradigm").loc["strong", "training_samples"] == 1234
     assert r"& Params & Samples & Tokens" in (path / "results.tex").read_text()
+
+
+def test_budget_note_names_only_values_that_differ_from_the_shared_train_section(tmp_path):
+    path = make_run(tmp_path / "run", {"strong": 0.6, "weak": 0.3})
+    shared = load_config("smoke")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["paradigms"]["strong"]["options"] = {"train": {"learning_rate": shared["train.learning_rate"],
+                                                            "negatives": shared["train.negatives"] * 2}}
+    manifest["paradigms"]["weak"]["options"] = {"train": {"learning_rate": shared["train.learning_rate"]}}
+    write_json(path / "manifest.json", manifest)
+    report.build(path)
+    md = (path / "results.md").read_text()
+    assert f"Training budgets differ: strong: train.negatives={shared['train.negatives'] * 2} (every" in md
+    assert "weak: train" not in md  # a tuned config that restates the shared value is the shared budget
