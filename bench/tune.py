@@ -13,6 +13,7 @@ Writes ``DIR/tuned.yaml`` (the best values, a file ``bench run --config`` reads)
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +21,7 @@ from typing import Any, Callable
 import pandas as pd
 import yaml
 
-from bench import plan
+from bench import estimate, plan
 from bench.cache import atomic_write_text
 from bench.config import Config, with_overrides
 from bench.contract import Context
@@ -70,6 +71,7 @@ def tune(spec: str, cfg: Config, trials: int, out: Path, progress: Callable | No
     out.mkdir(parents=True, exist_ok=True)
     arms = plan.arms(spec, cfg)
     shared = Resources(cfg, pick_device(cfg["device"]), progress, Timings())
+    print(_plan_line(shared, arms, trials), file=sys.stderr)
     shared.prepare(arms)
     storage, seed = f"sqlite:///{(out / 'study.db').resolve()}", cfg["seeds"][0]
     studies = {}
@@ -90,6 +92,15 @@ def tune(spec: str, cfg: Config, trials: int, out: Path, progress: Callable | No
         studies[arm.label] = study
         _write(out, studies, arms[:len(studies)])  # after every paradigm: a long tune shows its progress
     return out
+
+
+def _plan_line(shared: Resources, arms: list, trials: int) -> str:
+    """The run's plan line for ``trials`` fits of every paradigm at its default settings (an upper bound for the
+    paradigms with nothing to tune, which get one)."""
+    line = estimate.estimate(arms, trials, shared.split, shared.llms(arms), shared.encoder_cached(arms), shared.device,
+                             1).line()
+    return line.replace("plan:", f"tune plan, {trials} trials per paradigm at default settings:", 1).replace(
+        " jobs;", " fits;", 1)
 
 
 def _queue_default(study, default: dict[str, Any]) -> None:

@@ -143,3 +143,9 @@ def test_a_tune_killed_during_its_default_trial_still_runs_the_default_first(tmp
     tune("id-translation", cfg, 1, out)
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 1 and json.loads(trials["params"].iloc[0]) == default
+
+
+def test_a_tune_prints_its_plan_first(tmp_path, slice_overrides, capsys):
+    tune("pop", load_config("smoke", overrides=slice_overrides), 4, tmp_path / "t")
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("tune plan, 4 trials per paradigm at default settings: 60 users x ") and "4 fits;" in line
