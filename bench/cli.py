@@ -113,8 +113,8 @@ def _progress(quiet: bool):
     return None if quiet else functools.partial(tqdm, dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
 
-RUN_OPTIONS = ("paradigms", "dataset", "data_dir", "preset", "config", "overrides", "seeds", "out", "device", "llm", "dry_run",
-               "sweep")
+RUN_OPTIONS = ("paradigms", "dataset", "data_dir", "preset", "config", "overrides", "seeds", "out", "device", "llm",
+               "dry_run", "sweep")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
