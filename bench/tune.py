@@ -12,6 +12,7 @@ Writes ``DIR/tuned.yaml`` (the best values, a file ``bench run --config`` reads)
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -76,22 +77,29 @@ def tune(spec: str, cfg: Config, trials: int, out: Path, progress: Callable | No
     storage, seed = f"sqlite:///{(out / 'study.db').resolve()}", cfg["seeds"][0]
     studies = {}
     for arm in arms:
-        study = optuna.create_study(study_name=arm.label, storage=storage, direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=seed))
-        _queue_default(study, default_values(arm))
-        budget = trials if arm.cls.search_space else 1
-        done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
-        if done < budget:
-            with progress_bar(progress, total=budget, initial=done, desc=f"tune {arm.label}", unit="trial") as bar:
-                def advance(study, _trial, bar=bar):
-                    bar.update(1)
-                    bar.set_postfix(best_valid_ndcg10=f"{study.best_value:.4f}")
-
-                study.optimize(lambda trial, arm=arm: _objective(trial, arm, cfg, shared, seed),
-                               n_trials=budget - done, callbacks=[advance])
-        studies[arm.label] = study
+        objective = functools.partial(_objective, arm=arm, cfg=cfg, shared=shared, seed=seed)
+        studies[arm.label] = _tune_arm(arm, trials, storage, objective, seed, progress)
         _write(out, studies, arms[:len(studies)])  # after every paradigm: a long tune shows its progress
     return out
+
+
+def _tune_arm(arm: plan.Arm, trials: int, storage: str, objective: Callable, seed: int, progress: Callable | None):
+    """``arm``'s stored study, continued until it has ``trials`` complete trials (1 with nothing to tune)."""
+    import optuna
+
+    study = optuna.create_study(study_name=arm.label, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed))
+    _queue_default(study, default_values(arm))
+    budget = trials if arm.cls.search_space else 1
+    done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    if done < budget:
+        with progress_bar(progress, total=budget, initial=done, desc=f"tune {arm.label}", unit="trial") as bar:
+            def advance(study, _trial):
+                bar.update(1)
+                bar.set_postfix(best_valid_ndcg10=f"{study.best_value:.4f}")
+
+            study.optimize(objective, n_trials=budget - done, callbacks=[advance])
+    return study
 
 
 def _plan_line(shared: Resources, arms: list, trials: int) -> str:
