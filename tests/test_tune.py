@@ -72,6 +72,11 @@ def test_the_tuned_config_is_never_worse_on_validation_and_bench_run_reads_it(tu
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     own = best["paradigms"]["id-translation"].get("train")
     assert manifest["paradigms"]["id-translation"]["options"].get("train") == own
+    per_user = pd.read_csv(tmp_path / "run" / "per_user.csv")
+    valid = per_user[(per_user.stage == "valid") & (per_user.seed == cfg["seeds"][0])].groupby("paradigm")["ndcg@10"]
+    for label, group in trials.groupby("paradigm"):  # the tuned run reproduces the best trial: never below default
+        assert valid.mean()[label] == pytest.approx(group["valid_ndcg@10"].max(), rel=1e-5, abs=1e-7)
+        assert valid.mean()[label] >= group[group.trial == 0]["valid_ndcg@10"].iloc[0] - 1e-6
     differ = {k for k, v in (own or {}).items() if v != cfg[f"train.{k}"]}  # restated shared values do not count
     md = (tmp_path / "run" / "results.md").read_text()
     assert ("Training budgets differ: id-translation: train." in md) == bool(differ)
