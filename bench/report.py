@@ -138,7 +138,7 @@ def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
              f"encoder `{(manifest.encoder or {}).get('key', 'none')}`",
              f"- command: `{manifest.command}`",
              "- every pairwise test (p-values, bootstrap 95% CI, wins/ties/losses): `significance.csv`", ""]
-    header = ["", "paradigm", *map(display_name, metrics), *_extra_headers(table)]
+    header, with_samples = ["", "paradigm", *map(display_name, metrics), *_extra_headers(table)], _with_samples(table)
     lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     best = {m: _best(table, m) for m in metrics}
     for _, row in table.iterrows():
@@ -148,7 +148,7 @@ def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
             text = f"**{text}**" if row["paradigm"] in best[metric] else text
             beats = row[f"{metric}_beats"]
             cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
-        lines.append("| " + " | ".join(cells + _extras(row, _with_samples(table))) + " |")
+        lines.append("| " + " | ".join(cells + _extras(row, with_samples)) + " |")
     lines.append("")
     own = _own_budgets(manifest, run.config)
     if own:
@@ -216,8 +216,9 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
     metrics = run.report_metrics
     multi = len(run.seeds) > 1
     best = {m: _best(table, m) for m in metrics}
+    with_samples = _with_samples(table)
     header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params",
-              *(["Samples"] if _with_samples(table) else []), "Tokens", "Time (s)"]
+              *(["Samples"] if with_samples else []), "Tokens", "Time (s)"]
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{tex_escape(run.manifest.dataset)}: {tex_escape(_caption(run))}}}",
              rf"\label{{tab:bench-{tex_escape(run.manifest.dataset)}}}",
@@ -232,7 +233,7 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
                 value += rf"{{\scriptsize$\pm${_number(row[f'{metric}_std'])}}}"
             beats = row[f"{metric}_beats"]
             cells.append(value + (rf"$^{{\mathrm{{{beats}}}}}$" if isinstance(beats, str) and beats else ""))
-        cells += [tex_escape(x) for x in _extras(row, _with_samples(table))]
+        cells += [tex_escape(x) for x in _extras(row, with_samples)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     return "\n".join(lines).replace("±", r"$\pm$")
