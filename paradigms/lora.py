@@ -16,6 +16,7 @@ smoke preset. Like RA-Rec they can train on a ``train_fraction`` of the samples 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -36,7 +37,9 @@ def adapted_copy(model: torch.nn.Module, rank: int, alpha: float, dropout: float
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none",
                         target_modules=list(targets) if targets else None)
-    return get_peft_model(copy.deepcopy(model), config)
+    with warnings.catch_warnings():  # peft reads an attribute transformers deprecated: noise on every fit
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(copy.deepcopy(model), config)
 
 
 class _Heads(torch.nn.Module):

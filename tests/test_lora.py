@@ -45,7 +45,7 @@ def test_the_shared_backbone_is_untouched(fitted):
     assert not any("lora" in name for name, _ in llm.backbone.model.named_modules())
 
 
-def test_adapters_start_as_the_frozen_backbone():
+def test_adapters_start_as_the_frozen_backbone(recwarn):
     tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
     model = BertModel(BertConfig(hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=2,
                                  intermediate_size=37, vocab_size=tokenizer.vocab_size)).eval()
@@ -53,6 +53,7 @@ def test_adapters_start_as_the_frozen_backbone():
     batch = tokenizer(["a user bought a film", "another prompt"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**batch).last_hidden_state, adapted(**batch).last_hidden_state)
+    assert [str(w.message) for w in recwarn] == []  # no library noise on every fit
 
 
 @pytest.mark.parametrize("name", LORA)
