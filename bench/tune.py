@@ -2,8 +2,10 @@
 
 Each paradigm declares its ``search_space`` (option names, or shared ``train`` keys it may set for itself). One
 study per paradigm (TPE, seeded with the run's first seed) is kept in ``DIR/study.db`` (SQLite), so an
-interrupted tune continues where it stopped. The first trial of every study is the paradigm's default
-configuration, so the tuned configuration is never worse than the default on validation. A trial fits the
+interrupted tune continues where it stopped: the trial cut off runs again, and the sampler skips the values
+earlier trials drew, so the continued study tries what an uninterrupted one would (exactly so while TPE samples
+at random, its first 10 complete trials), never the same values twice. The first trial of every study is the
+paradigm's default configuration, so the tuned configuration is never worse than the default on validation. A trial fits the
 paradigm once (first seed) on the run's split, encoder and backbone and scores it by validation NDCG@10; the
 test stage is never looked at. Paradigms with nothing to tune get their default trial only.
 
@@ -30,6 +32,8 @@ from bench.errors import BenchError
 from bench.evaluation import fit_paradigm, validation_ndcg
 from bench.progress import progress_bar
 from bench.resources import Resources, Timings, pick_device, seed_everything
+
+STARTUP_TRIALS = 10  # TPE draws at random until this many trials completed (Optuna's default)
 
 
 def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
@@ -88,8 +92,9 @@ def _tune_arm(arm: plan.Arm, trials: int, storage: str, objective: Callable, see
     import optuna
 
     study = optuna.create_study(study_name=arm.label, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed))
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS))
     _queue_default(study, default_values(arm))
+    _skip_drawn(study, arm.cls.search_space)
     budget = trials if arm.cls.search_space else 1
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
     if done < budget:
@@ -112,17 +117,35 @@ def _plan_line(shared: Resources, arms: list, trials: int) -> str:
 
 
 def _queue_default(study, default: dict[str, Any]) -> None:
-    """Make the default configuration the next trial unless it completed or waits already (a tune interrupted
-    during its first trial leaves that trial RUNNING forever; it is marked failed here)."""
+    """Make the default configuration the next trial unless it completed or waits already, and run again any
+    trial a killed tune left RUNNING (marked failed here; it would otherwise stay RUNNING forever)."""
     from optuna.trial import TrialState
 
-    for trial in study.trials:
-        if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL)
-    if any(t.params == default for t in study.trials if t.state == TrialState.COMPLETE) or \
-            study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        return
-    study.enqueue_trial(default)
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+    complete = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if default not in complete and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.enqueue_trial(default)
+    for trial in stale:
+        params = trial.system_attrs.get("fixed_params", trial.params)
+        if params != default and params.keys() == default.keys() and params not in complete:
+            study.enqueue_trial(params)
+
+
+def _skip_drawn(study, space: dict[str, tuple]) -> None:
+    """Advance the study's freshly seeded sampler past every value its stored trials drew at random (enqueued
+    trials drew none); TPE draws at random until ``STARTUP_TRIALS`` trials completed, and a continued study would
+    otherwise draw the same values again."""
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= STARTUP_TRIALS:
+        return  # TPE's own proposals follow the trials' scores: they do not repeat the random ones
+    for trial in study.get_trials(deepcopy=False):
+        drawn = [key for key in space if key in trial.distributions and not trial.distributions[key].single()]
+        if "fixed_params" not in trial.system_attrs:
+            for key in drawn:
+                study.sampler.sample_independent(study, trial, key, trial.distributions[key])
 
 
 def _objective(trial, arm: plan.Arm, cfg: Config, shared: Resources, seed: int) -> float:

@@ -9,7 +9,7 @@ import yaml
 from bench import plan, registry
 from bench.config import load_config
 from bench.errors import BenchError
-from bench.tune import as_config, default_values, tune
+from bench.tune import as_config, default_values, suggest, tune
 from conftest import run_cli
 
 SPEC = "pop,id-translation"
@@ -92,9 +92,25 @@ def test_a_tune_shows_its_trials_per_paradigm(tuned):
     assert not any(b.kwargs.get("desc") == "tune pop" for b in bars)  # its one trial was done
 
 
+def uninterrupted(cfg, name: str, n: int) -> list[dict]:
+    """The values a tune that never stopped tries in its ``n`` trials, the default first (TPE samples at random
+    there, as a random sampler with the same seed does)."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg["seeds"][0]))
+    study.enqueue_trial(default_values(plan.arms(name, cfg)[0]))
+    for _ in range(n):
+        trial = study.ask()
+        suggest(trial, registry.get(name).search_space)
+        study.tell(trial, 0.0)
+    return [t.params for t in study.trials]
+
+
 def test_an_interrupted_tune_continues_where_it_stopped(tuned):
-    _, out, first, trials, _ = tuned
+    cfg, out, first, trials, _ = tuned
     assert trials.groupby("paradigm").size().to_dict() == {"id-translation": 3, "pop": 1}
+    tried = [json.loads(p) for p in trials[trials.paradigm == "id-translation"].sort_values("trial")["params"]]
+    assert tried == uninterrupted(cfg, "id-translation", 3)  # not the first draws again
     kept = trials.merge(first, on=["paradigm", "trial"], suffixes=("", "_first"))
     assert len(kept) == len(first) and (kept["valid_ndcg@10"] == kept["valid_ndcg@10_first"]).all()
     assert (out / "study.db").is_file() and (out / "tuning.png").is_file()
@@ -148,6 +164,26 @@ def test_a_tune_killed_during_its_default_trial_still_runs_the_default_first(tmp
     tune("id-translation", cfg, 1, out)
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 1 and json.loads(trials["params"].iloc[0]) == default
+
+
+def test_a_tune_killed_during_a_trial_runs_that_trial_again(tmp_path, slice_overrides):
+    import optuna
+
+    cfg = load_config("smoke", overrides=[*slice_overrides, "train.epochs=1"])
+    out = tmp_path / "t"
+    out.mkdir()
+    study = optuna.create_study(study_name="id-translation", storage=f"sqlite:///{out / 'study.db'}",
+                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg["seeds"][0]))
+    study.enqueue_trial(default_values(plan.arms("id-translation", cfg)[0]))
+    space = registry.get("id-translation").search_space
+    default = study.ask()
+    suggest(default, space)
+    study.tell(default, 0.5)  # the default trial finished (with a made-up score)
+    suggest(study.ask(), space)  # trial 1 drew its values, then was killed
+    tune("id-translation", cfg, 3, out)
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials["trial"].tolist() == [0, 2, 3]  # trial 1 failed, trial 2 ran its values again
+    assert [json.loads(p) for p in trials["params"]] == uninterrupted(cfg, "id-translation", 3)
 
 
 def test_a_tune_prints_its_plan_first(tmp_path, slice_overrides, capsys):
