@@ -106,3 +106,21 @@ def load_script(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def uninterrupted(cfg, name: str, n: int) -> list[dict]:
+    """The values a tune that never stopped tries in its ``n`` trials, the default first (TPE samples at random
+    there, as a random sampler with the same seed does)."""
+    import optuna
+
+    from bench import plan, registry
+    from bench.tune import default_values, suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg["seeds"][0]))
+    study.enqueue_trial(default_values(plan.arms(name, cfg)[0]))
+    for _ in range(n):
+        trial = study.ask()
+        suggest(trial, registry.get(name).search_space)
+        study.tell(trial, 0.0)
+    return [t.params for t in study.trials]

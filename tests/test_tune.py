@@ -10,7 +10,7 @@ from bench import plan, registry
 from bench.config import load_config
 from bench.errors import BenchError
 from bench.tune import as_config, default_values, suggest, tune
-from conftest import run_cli
+from conftest import run_cli, uninterrupted
 
 SPEC = "pop,id-translation"
 
@@ -90,20 +90,6 @@ def test_a_tune_shows_its_trials_per_paradigm(tuned):
     best = trials[trials.paradigm == "id-translation"]["valid_ndcg@10"].max()
     assert bar.postfix == {"best_valid_ndcg10": f"{best:.4f}"}
     assert not any(b.kwargs.get("desc") == "tune pop" for b in bars)  # its one trial was done
-
-
-def uninterrupted(cfg, name: str, n: int) -> list[dict]:
-    """The values a tune that never stopped tries in its ``n`` trials, the default first (TPE samples at random
-    there, as a random sampler with the same seed does)."""
-    import optuna
-
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg["seeds"][0]))
-    study.enqueue_trial(default_values(plan.arms(name, cfg)[0]))
-    for _ in range(n):
-        trial = study.ask()
-        suggest(trial, registry.get(name).search_space)
-        study.tell(trial, 0.0)
-    return [t.params for t in study.trials]
 
 
 def test_an_interrupted_tune_continues_where_it_stopped(tuned):
