@@ -6,9 +6,12 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from bench import registry, report, runner
+from bench import plan, registry, report, runner
 from bench.config import load_config
+from bench.tune import as_config
+from conftest import uninterrupted
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 COMMITTED_RUNS = [p.name for p in (README.parent / "results").iterdir() if (p / "manifest.json").is_file()]
@@ -40,7 +43,7 @@ def test_readme_reference_tables_match_the_committed_results():
 
 def test_readme_prose_figures_are_in_the_committed_runs():
     """Every 4-decimal figure the reference section's prose quotes is in a run's tables or per-seed means
-    (test or validation)."""
+    (test or validation), or a committed tune's scores and tuned values."""
     prose = "\n".join(line for line in _reference_section().splitlines() if not line.startswith("|"))
     known = ""
     for name in COMMITTED_RUNS:
@@ -51,6 +54,9 @@ def test_readme_prose_figures_are_in_the_committed_runs():
                           for cell in stage.values() for v in cell["per_seed"])
         stats = json.loads((run / "manifest.json").read_text())["split_stats"]
         known += " ".join(f"{v:,}" for v in stats.values() if isinstance(v, int) and not isinstance(v, bool))
+    for tuning in (README.parent / "results").glob("*/trials.csv"):  # committed tunes: scores and tuned values
+        scores = pd.read_csv(tuning)["valid_ndcg@10"]
+        known += " ".join(f"{v:.4f}" for v in scores) + (tuning.parent / "tuned.yaml").read_text()
     figures = re.findall(r"\b\d\.\d{4}\b|\b\d{1,3},\d{3}\b", prose)
     assert len(figures) > 10 and [f for f in figures if f not in known] == []
 
@@ -64,3 +70,20 @@ def test_committed_reference_tables_are_what_report_makes_of_them(tmp_path):
         report.build(copy)
         for table in ("results.md", "results.csv", "results.tex", "significance.csv", "metrics.json"):
             assert (copy / table).read_bytes() == (committed / table).read_bytes(), f"{name}/{table}"
+
+
+def test_the_committed_tuning_is_equal_effort_and_its_tuned_yaml_is_the_best_trial():
+    """results/ml-100k-tuning: every paradigm with a search space got the same number of complete trials, the ones
+    `bench tune` tries from scratch (the default first), and tuned.yaml holds each one's best trial."""
+    tuning = README.parent / "results" / "ml-100k-tuning"
+    trials = pd.read_csv(tuning / "trials.csv")
+    tuned = yaml.safe_load((tuning / "tuned.yaml").read_text())["paradigms"]
+    counts = {}
+    for arm in plan.arms(",".join(trials.paradigm.unique()), load_config()):
+        group = trials[trials.paradigm == arm.label].sort_values("trial")
+        counts[arm.label] = len(group)
+        assert [json.loads(p) for p in group.params] == uninterrupted(load_config(), arm.label, len(group))
+        best = json.loads(group.loc[group["valid_ndcg@10"].idxmax(), "params"])
+        assert as_config(arm.label, best).get("paradigms", {}).get(arm.label) == tuned.get(arm.label), arm.label
+    searched = {label: n for label, n in counts.items() if registry.get(label).search_space}
+    assert len(searched) >= 4 and set(searched.values()) == {6} and set(counts.values()) <= {1, 6}
