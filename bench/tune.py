@@ -5,9 +5,9 @@ study per paradigm (TPE, seeded with the run's first seed) is kept in ``DIR/stud
 interrupted tune continues where it stopped: the trial cut off runs again, and the sampler skips the values
 earlier trials drew, so the continued study tries what an uninterrupted one would (exactly so while TPE samples
 at random, its first 10 complete trials), never the same values twice. The first trial of every study is the
-paradigm's default configuration, so the tuned configuration is never worse than the default on validation. A trial fits the
-paradigm once (first seed) on the run's split, encoder and backbone and scores it by validation NDCG@10; the
-test stage is never looked at. Paradigms with nothing to tune get their default trial only.
+paradigm's default configuration, so the tuned configuration is never worse than the default on validation. A
+trial fits the paradigm once (first seed) on the run's split, encoder and backbone and scores it by validation
+NDCG@10; the test stage is never looked at. Paradigms with nothing to tune get their default trial only.
 
 Writes ``DIR/tuned.yaml`` (the best values, a file ``bench run --config`` reads), ``DIR/trials.csv``
 (``paradigm,trial,params,valid_ndcg@10,seconds``) and ``DIR/tuning.png`` (best-so-far validation NDCG@10 per trial).
@@ -142,10 +142,12 @@ def _skip_drawn(study, space: dict[str, tuple]) -> None:
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= STARTUP_TRIALS:
         return  # TPE's own proposals follow the trials' scores: they do not repeat the random ones
     for trial in study.get_trials(deepcopy=False):
-        drawn = [key for key in space if key in trial.distributions and not trial.distributions[key].single()]
-        if "fixed_params" not in trial.system_attrs:
-            for key in drawn:
-                study.sampler.sample_independent(study, trial, key, trial.distributions[key])
+        if "fixed_params" in trial.system_attrs:
+            continue
+        for key in space:  # in the order the objective suggests them
+            distribution = trial.distributions.get(key)
+            if distribution is not None and not distribution.single():
+                study.sampler.sample_independent(study, trial, key, distribution)
 
 
 def _objective(trial, arm: plan.Arm, cfg: Config, shared: Resources, seed: int) -> float:
