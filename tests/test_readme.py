@@ -78,11 +78,11 @@ def test_the_committed_tuning_is_equal_effort_and_its_tuned_yaml_is_the_best_tri
     tuning = README.parent / "results" / "ml-100k-tuning"
     trials = pd.read_csv(tuning / "trials.csv")
     tuned = yaml.safe_load((tuning / "tuned.yaml").read_text())["paradigms"]
-    counts = {}
-    for arm in plan.arms(",".join(trials.paradigm.unique()), load_config()):
+    cfg, counts = load_config(), {}
+    for arm in plan.arms(",".join(trials.paradigm.unique()), cfg):
         group = trials[trials.paradigm == arm.label].sort_values("trial")
         counts[arm.label] = len(group)
-        assert [json.loads(p) for p in group.params] == uninterrupted(load_config(), arm.label, len(group))
+        assert [json.loads(p) for p in group.params] == uninterrupted(cfg, arm.label, len(group))
         best = json.loads(group.loc[group["valid_ndcg@10"].idxmax(), "params"])
         assert as_config(arm.label, best).get("paradigms", {}).get(arm.label) == tuned.get(arm.label), arm.label
     searched = {label: n for label, n in counts.items() if registry.get(label).search_space}
