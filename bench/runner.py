@@ -132,14 +132,19 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
         tokens.extend(tuple(row) for row in saved[1]["tokens"])
         _record_info(paradigm_info, arm, seed, saved[1]["info"],
                      _llm_record(shared.llm_for(arm.config)) if arm.cls.needs_llm else None)
-    if not world.is_main:
-        return None
-    if not frames:
-        raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
-                         skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
-                         resumed_by=" ".join(resumed_by) if resumed_by else None)
-    return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest)
+
+    def finish() -> Path:
+        if not frames:
+            raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
+                             skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
+                             resumed_by=" ".join(resumed_by) if resumed_by else None)
+        return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest)
+
+    # The other ranks wait for rank 0's writing, so every process leaves the process group at the same point
+    # (a gloo rank that tore its group down while a peer was still busy could abort at exit).
+    out = world.on_main(finish)
+    return out if world.is_main else None
 
 
 def _record_info(paradigm_info: dict, arm, seed: int, info: dict, llm: dict | None) -> None:
