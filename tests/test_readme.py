@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from bench import plan, registry, report, runner
@@ -87,3 +88,15 @@ def test_the_committed_tuning_is_equal_effort_and_its_tuned_yaml_is_the_best_tri
         assert as_config(arm.label, best).get("paradigms", {}).get(arm.label) == tuned.get(arm.label), arm.label
     searched = {label: n for label, n in counts.items() if registry.get(label).search_space}
     assert len(searched) >= 4 and set(searched.values()) == {6} and set(counts.values()) <= {1, 6}
+
+
+def test_the_tuned_run_reproduces_each_best_trial_on_seed_0():
+    """results/ml-100k-tuned runs tuned.yaml for every tuned paradigm: its seed-0 validation NDCG@10 is the best
+    trial's score (the tune's seed), so the tuned run is what the tune chose."""
+    results = README.parent / "results"
+    trials = pd.read_csv(results / "ml-100k-tuning" / "trials.csv")
+    metrics = json.loads((results / "ml-100k-tuned" / "metrics.json").read_text())["paradigms"]
+    assert set(metrics) == set(trials.paradigm)
+    for label, group in trials.groupby("paradigm"):
+        seed0 = metrics[label]["stages"]["valid"]["ndcg@10"]["per_seed"][0]
+        assert seed0 == pytest.approx(group["valid_ndcg@10"].max(), rel=1e-5), label
