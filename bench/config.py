@@ -273,11 +273,14 @@ def load_config(
     preset: str | None = "default",
     config_file: str | Path | None = None,
     overrides: Iterable[str | Mapping] = (),
+    check_values: bool = True,
 ) -> Config:
     """Resolve the run configuration.
 
     ``overrides`` holds ``"key=value"`` strings (from ``--set``) or ready nested mappings, applied in order.
     Raises :class:`BenchError` naming the file or flag and the key for any unknown key or wrong type.
+    ``check_values=False`` skips the value ranges: a saved run's config is a record of what ran, readable after a
+    range was tightened (``data.min_user_inter`` once admitted 3).
     """
     schema = _read_yaml(DEFAULTS_FILE)
     tree = copy.deepcopy(schema)
@@ -290,7 +293,8 @@ def load_config(
     if config_file:
         _merge(tree, _read_yaml(Path(config_file)), schema, str(config_file))
     _apply(tree, overrides, schema)
-    _check_values(tree)
+    if check_values:
+        _check_values(tree)
     return Config(_freeze(tree))
 
 

@@ -239,6 +239,10 @@ def split_from_recbole(dataset: str, rb_dataset, parts, titles: dict | None, pat
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(train_len)
     train_items = _train_items(seq["user"].to_numpy(), seq["target"].to_numpy(), first, counts, offsets)
+    short = np.flatnonzero((valid_target[1:] == 0) | (test_target[1:] == 0)) + 1
+    if short.size:
+        raise BenchError(f"RecBole gave {short.size} users no validation or test item (user {user_ids[short[0]]!r} "
+                         f"has {counts[short[0]] + 1} interactions); set data.min_user_inter >= 4")
     title_list = tuple(None if i == 0 or titles is None else titles.get(str(item_ids[i]))
                        for i in range(len(item_ids)))
     split = Split(dataset=dataset, user_ids=user_ids, item_ids=item_ids, train_offsets=offsets,

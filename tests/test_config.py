@@ -76,7 +76,7 @@ def test_presets_are_listed():
     ("llm.token_budget=0", r"'llm.token_budget' must be >= 1, got 0"),
     ("report.alpha=1.0", r"'report.alpha' must be in \(0, 1\), got 1.0"),
     ("train.learning_rate=0.0", r"'train.learning_rate' must be > 0, got 0.0"),
-    ("data.min_user_inter=2", r"'data.min_user_inter' must be >= 3, got 2"),
+    ("data.min_user_inter=3", r"'data.min_user_inter' must be >= 4, got 3"),
 ])
 def test_values_out_of_their_documented_range_are_one_line_errors(override, message):
     with pytest.raises(BenchError, match=message) as err:
@@ -86,7 +86,7 @@ def test_values_out_of_their_documented_range_are_one_line_errors(override, mess
 
 def test_range_edges_and_null_are_accepted():
     cfg = load_config("default", overrides=["train.epochs=0", "llm.token_budget=null", "report.alpha=0.5",
-                                            "data.min_user_inter=3"])
+                                            "data.min_user_inter=4"])
     assert cfg["train.epochs"] == 0 and cfg["llm.token_budget"] is None
 
 

@@ -85,3 +85,50 @@ def test_canary_test_items_never_reach_training_data(fixtures_dir, tmp_path):
     assert split.popularity[canary] == 0
     assert canary not in split.train_items and canary not in split.valid_target
     assert (split.test_target[1:] == canary).all()
+
+
+def _short_users_data(root):
+    """60 users with 1-5 interactions each (12 of every length) over 40 items, timestamps in order."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(60):
+        items = rng.choice(40, size=1 + user % 5, replace=False)
+        rows += [(f"u{user}", f"i{item}", t) for t, item in enumerate(items)]
+    (root / "short").mkdir()
+    pd.DataFrame(rows).to_csv(root / "short" / "short.inter", sep="\t", index=False,
+                              header=["user_id:token", "item_id:token", "timestamp:float"])
+    return pd.DataFrame(rows, columns=["user", "item", "time"])
+
+
+def test_short_users_get_real_validation_and_test_items(tmp_path):
+    """Users with 1-5 interactions: every user kept has real validation and test targets, a training history of
+    the rest, and no padding item anywhere (RecBole gives a user with 3 interactions no validation row)."""
+    rows = _short_users_data(tmp_path)
+    cfg = load_config("smoke", overrides=[{"data": {"dataset": "short", "data_dir": str(tmp_path),
+                                                    "max_users": None}}])
+    split = build_split(cfg, tmp_path / "cache")
+    assert (split.valid_target[1:] > 0).all() and (split.test_target[1:] > 0).all()
+    assert 0 not in split.train_items
+    item_index = {token: i for i, token in enumerate(split.item_ids)}
+    for user in split.users:
+        seq = rows[rows["user"] == split.user_ids[user]]["item"].map(item_index).to_numpy()
+        assert len(seq) >= cfg["data.min_user_inter"]
+        assert np.array_equal(split.history(user, "test"), seq[:-1]) and split.test_target[user] == seq[-1]
+        assert 0 not in split.history(user, "test")
+    assert split.stats["interactions"] == sum(rows["user"].map(rows["user"].value_counts()) >= 4)
+
+
+def test_a_minimum_below_what_leave_one_out_needs_is_a_one_line_error():
+    with pytest.raises(BenchError, match=r"'data.min_user_inter' must be >= 4, got 3") as err:
+        load_config("default", overrides=["data.min_user_inter=3"])
+    assert "\n" not in str(err.value)
+
+
+def test_a_split_that_would_hold_the_padding_item_is_refused(tmp_path):
+    """Built past the config check (a saved config from before the minimum rose), the split refuses users that
+    RecBole left without a validation item instead of giving them item 0."""
+    _short_users_data(tmp_path)
+    cfg = load_config("smoke", overrides=[{"data": {"dataset": "short", "data_dir": str(tmp_path), "max_users": None,
+                                                    "min_user_inter": 3}}], check_values=False)
+    with pytest.raises(BenchError, match=r"no validation or test item.*data.min_user_inter >= 4"):
+        build_split(cfg, tmp_path / "cache")
