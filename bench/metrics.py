@@ -36,14 +36,31 @@ def _mask_rows(scores: torch.Tensor, histories: Sequence[np.ndarray]) -> None:
     scores[rows.to(scores.device), cols.to(scores.device)] = float("nan")
 
 
+def comparable_copy(scores: torch.Tensor) -> torch.Tensor:
+    """A copy of a score block that ranking may write into, in a dtype that keeps every distinct score distinct:
+    float32 and float64 as they are, integers as float64 (exact below 2**53). Half-precision scores are refused:
+    converting them back cannot undo the ties they already made, and ties count against the target."""
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        raise BenchError(f"score() returned {str(scores.dtype).removeprefix('torch.')} scores; return float32 "
+                         "(compute the final dot products in float32: low-precision scores tie, and ties count "
+                         "against the target)")
+    if scores.dtype == torch.bool or torch.is_complex(scores):
+        raise BenchError(f"score() returned {str(scores.dtype).removeprefix('torch.')} scores; return float32")
+    if not scores.is_floating_point():
+        return scores.to(torch.float64)
+    return scores.clone()
+
+
 def rank_chunk(scores: torch.Tensor, targets: np.ndarray, histories: Sequence[np.ndarray] | None,
                item_slice: int = 1 << 18) -> np.ndarray:
-    """Ranks ``[b]`` of ``targets`` in a score block ``[b, n_items]`` (the block is modified in place).
+    """Ranks ``[b]`` of ``targets`` in a score block ``[b, n_items]``; the block itself is never written (a
+    paradigm may return a view of its own cache), ranking works on :func:`comparable_copy`.
 
     Masked candidates become NaN, which compares false with everything, so they never count.
     """
     if torch.isnan(scores).any():
         raise BenchError("a paradigm returned NaN scores; check its training (learning rate, inputs)")
+    scores = comparable_copy(scores)
     rows = torch.arange(len(targets), device=scores.device)
     target_t = torch.as_tensor(targets, dtype=torch.long, device=scores.device)
     target_scores = scores[rows, target_t].clone()
@@ -74,7 +91,7 @@ def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
         for start in range(0, len(users), step):
             stop = min(start + step, len(users))
             with torch.no_grad():
-                scores = score_fn(users[start:stop]).float()
+                scores = score_fn(users[start:stop])
             if tuple(scores.shape) != (stop - start, n_items):
                 raise BenchError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")
             chunk_hist = None if histories is None else histories[start:stop]

@@ -23,7 +23,7 @@ class Pop(Paradigm):
         self._scores = torch.as_tensor(split.popularity, dtype=torch.float32)
 
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        return self._scores.unsqueeze(0).expand(len(users), -1).clone()
+        return self._scores.unsqueeze(0).expand(len(users), -1)  # a view: the evaluator never writes into scores
 
     def token_usage(self, users: np.ndarray, stage: str):
         return None

@@ -81,3 +81,38 @@ def test_a_metric_added_in_one_place_reaches_runs_tables_tests_and_plots(slice_o
         assert (out / "metrics.png").is_file()
     with pytest.raises(BenchError, match="unknown metric 'rr'"):
         runner.run("pop", cfg, tmp_path / "again")
+
+
+class _CachedScores:
+    """A paradigm whose ``score`` returns rows of one cached matrix (basic indexing: views, not copies)."""
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+
+    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
+        return self.table[int(users[0]):int(users[-1]) + 1]
+
+
+def test_ranking_never_writes_into_what_score_returned():
+    """History masking used to write NaN into the returned tensor: a paradigm returning a view of its cache had
+    the cache corrupted, and the second evaluation failed with 'returned NaN scores'."""
+    gen = np.random.default_rng(1)
+    table = torch.from_numpy(gen.normal(size=(20, 50)).astype(np.float32))
+    pristine, paradigm = table.clone(), _CachedScores(table)
+    users, targets = np.arange(20), gen.integers(1, 50, 20)
+    histories = [gen.choice(np.arange(1, 50), size=5, replace=False) for _ in users]
+    first, second = (evaluate_ranks(lambda chunk: paradigm.score(chunk, "valid"), users, targets, histories, 50)
+                     for _ in range(2))
+    assert first.tolist() == second.tolist()
+    assert torch.equal(table, pristine)
+
+
+def test_scores_keep_their_distinctions_or_are_refused():
+    """float64 scores closer than float32 resolves are not merged into ties; integer scores rank exactly;
+    half-precision scores (already tied) are refused with the fix."""
+    close = torch.tensor([[0.0, 1.0, 1.0 + 1e-12, 0.5]], dtype=torch.float64)
+    assert evaluate_ranks(lambda chunk: close, np.arange(1), np.array([2]), None, 4).tolist() == [1]
+    assert rank_chunk(torch.tensor([[0, 3, 7, 5]]), np.array([3]), None).tolist() == [2]
+    for dtype in (torch.bfloat16, torch.float16):
+        with pytest.raises(BenchError, match=r"returned (b)?float16 scores; return float32"):
+            rank_chunk(torch.zeros(1, 4, dtype=dtype), np.array([1]), None)
