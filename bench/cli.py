@@ -19,6 +19,7 @@ EPILOG = """examples:
   python -m bench run --paradigms all --dataset book --dry-run   # the work and a time estimate, then stop
   python -m bench run --resume results/ml-100k/20260101-120000-abcdef123456    # continue after Ctrl-C
   python -m bench report results/ml-100k/20260101-120000-abcdef123456
+  python -m bench report results/ml-100k/20260101-120000-abcdef123456 --set report.ks=5   # adds @5, no rerun
   python -m bench compare RUN_A RUN_B
 """
 
@@ -77,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="paradigms (version, description, options, search space), datasets and presets")
     rep = sub.add_parser("report", help="rebuild a run's tables, significance tests and plots from its saved files")
     rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="report with another report.* setting, repeatable, e.g. --set report.ks=5 (more K in "
+                          "metrics.json) or --set 'report.metrics=[ndcg@5, hit@100]'; metrics are computed from "
+                          "the saved ranks, and the run's config.yaml is left as it is")
     cmp = sub.add_parser("compare", help="test each paradigm of run A against the same paradigm of run B "
                                          "(both runs must share the split)")
     cmp.add_argument("run_a", type=Path)
@@ -182,7 +187,7 @@ def _space_text(spec: tuple) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import report
 
-    report.build(args.run_dir)
+    report.build(args.run_dir, args.overrides)
     print((args.run_dir / "results.md").read_text())
     return 0
 
@@ -194,7 +199,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         from bench.cache import atomic_write_text
 
-        atomic_write_text(args.out, table.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(args.out, report.significance_csv(table))
     print(report.compare_md(table, args.run_a, args.run_b, alpha))
     return 0
 

@@ -147,6 +147,8 @@ def _merge(base: dict, layer: Mapping, schema: Mapping, source: str, prefix: str
             valid = _flat_keys(schema, prefix)
             raise BenchError(f"{source}: unknown config key '{dotted}'{suggest(dotted, valid)}")
         default = schema[key]
+        if isinstance(default, (list, tuple)) and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # --set report.ks=5 means [5]
         if not _type_ok(default, value):
             raise BenchError(
                 f"{source}: config key '{dotted}' expects {type(default).__name__}, got {value!r}"
@@ -240,8 +242,10 @@ def ranges(path: Path = DEFAULTS_FILE) -> dict[str, Range]:
     return found
 
 
-def _check_ranges(tree: Mapping) -> None:
+def _check_ranges(tree: Mapping, prefix: str = "") -> None:
     for dotted, allowed in ranges().items():
+        if not dotted.startswith(prefix):
+            continue
         value = Config(tree).get(dotted)
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if item is not None and not allowed.admits(item):
@@ -263,8 +267,8 @@ def _check_values(tree: Mapping) -> None:
 def _check_report(section: Mapping) -> None:
     for metric in section["metrics"]:
         name, _, k = str(metric).partition("@")
-        if not name or not k.isdigit():
-            raise BenchError(f"config key 'report.metrics': {metric!r} is not METRIC@K (e.g. ndcg@10)")
+        if not name or not k.isdigit() or int(k) < 1:
+            raise BenchError(f"config key 'report.metrics': {metric!r} is not METRIC@K with K >= 1 (e.g. ndcg@10)")
     if section["test"] not in ("t", "wilcoxon"):
         raise BenchError(f"config key 'report.test' must be t or wilcoxon, got {section['test']!r}")
 
@@ -296,6 +300,13 @@ def load_config(
     if check_values:
         _check_values(tree)
     return Config(_freeze(tree))
+
+
+def check_report_values(cfg: Config) -> None:
+    """The value checks of the ``report`` section alone: what ``bench report --set`` may change in a saved run,
+    whose other sections are a record and are not checked again."""
+    _check_ranges(cfg.tree, "report.")
+    _check_report(cfg["report"])
 
 
 def with_overrides(cfg: Config, overrides: Iterable[str | Mapping]) -> Config:

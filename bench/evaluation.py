@@ -3,7 +3,8 @@
 :func:`stage_ranks` ranks every user's target of a stage over all items, masking history items when
 ``eval.mask_history`` is set, for both uses. :func:`fit_paradigm` is the only way the harness trains a
 paradigm: on a :class:`~bench.contract.SplitView` with ``context.validate`` bound to this evaluator.
-:func:`run_job` fits one (arm, seed) job and evaluates it on every stage.
+:func:`run_job` fits one (arm, seed) job and evaluates it on every stage, into a :class:`JobResult`; the job's
+:class:`~bench.contract.Context` comes from :func:`job_context`, which ``bench tune`` uses too.
 
 In a distributed run each rank ranks its own contiguous share of the users against every item (the score
 matrix never leaves the rank); validation NDCG is averaged over all users, so every rank takes the same
@@ -13,6 +14,7 @@ exactly once.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,6 +25,7 @@ from bench.distributed import world
 from bench.contract import Context, Paradigm, ScoreFn, SplitView
 from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.resources import Resources, Timings, seed_everything
+from bench.rundir import ID_COLUMNS
 from bench.split import STAGES, Split
 
 
@@ -59,27 +62,65 @@ def fit_paradigm(paradigm: Paradigm, split: Split, context: Context) -> SplitVie
     return view
 
 
-def run_job(arm, seed: int, resources: Resources, timings: Timings) -> tuple[pd.DataFrame | None, dict]:
-    """Fit one arm with one seed and evaluate it on every stage: (per-user rows, job record). In a distributed
-    run the rows of every rank are returned on rank 0 (``None`` on the others)."""
+@dataclass(frozen=True)
+class JobResult:
+    """What one (arm, seed) job produced.
+
+    ``rows``: the per-user ranks (:data:`bench.rundir.ID_COLUMNS`: paradigm, seed, stage, user, rank) of every
+    stage, ``None`` on the ranks other than 0 of a distributed run; ``tokens``: the prompt-cost rows
+    (:data:`bench.rundir.TOKEN_COLUMNS`, first seed only, else empty); ``info``: the manifest's record of the job
+    (``trainable_parameters``, ``fit_seconds``, ``score_seconds``, ``training``); ``version``: the paradigm version
+    that produced it."""
+
+    label: str
+    seed: int
+    version: str
+    rows: pd.DataFrame | None
+    tokens: tuple[tuple, ...] = ()
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def record(self) -> dict:
+        """Everything but the rows, as plain JSON data (what a resumable run saves beside the rows)."""
+        return {"label": self.label, "seed": self.seed, "version": self.version,
+                "tokens": [list(row) for row in self.tokens], "info": self.info}
+
+    @classmethod
+    def from_record(cls, rows: pd.DataFrame | None, record: dict) -> "JobResult":
+        """The job saved as ``rows`` and :meth:`record` (rows of an older run keep their id and rank columns)."""
+        return cls(label=record["label"], seed=record["seed"], version=record["version"],
+                   rows=None if rows is None else rows[list(ID_COLUMNS)],
+                   tokens=tuple(tuple(row) for row in record.get("tokens") or []), info=record.get("info") or {})
+
+
+def job_context(arm, seed: int, resources: Resources) -> Context:
+    """The context ``arm`` is fitted with for ``seed``: its config and options, the shared device, cache, encoder
+    and (when it needs one) frozen LLM, the progress reporter, and a generator freshly seeded with ``seed``
+    (every global RNG is seeded too). ``bench run`` and ``bench tune`` both build it here."""
+    cfg = arm.config
+    return Context(config=cfg, options=arm.options, seed=seed, device=resources.device,
+                   cache_dir=resources.cache_root, encoder=resources.encoder,
+                   llm=resources.llm_for(cfg) if arm.cls.needs_llm else None,
+                   progress=resources.progress, generator=seed_everything(seed))
+
+
+def run_job(arm, seed: int, resources: Resources, timings: Timings) -> JobResult:
+    """Fit one arm with one seed and evaluate it on every stage. In a distributed run the rows of every rank are
+    returned on rank 0 (``rows`` is ``None`` on the others)."""
     cfg, split = arm.config, resources.split
-    llm = resources.llm_for(cfg) if arm.cls.needs_llm else None
-    context = Context(config=cfg, options=arm.options, seed=seed, device=resources.device,
-                      cache_dir=resources.cache_root, encoder=resources.encoder, llm=llm,
-                      progress=resources.progress, generator=seed_everything(seed))
+    context = job_context(arm, seed, resources)
     paradigm = arm.cls()
     tag = f"{arm.label}/seed{seed}"
     with timings(f"{tag}/fit"):
         fit_paradigm(paradigm, split, context)
     frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources.progress, timings)
               for stage in STAGES]
-    frame = gather_rows_on_main(pd.concat(frames, ignore_index=True), split)
+    rows = gather_rows_on_main(pd.concat(frames, ignore_index=True), split)
     info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
             "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
             "training": getattr(paradigm, "info", None)}
-    record = {"label": arm.label, "seed": seed, "version": arm.cls.version,
-              "tokens": _token_rows(paradigm, arm.label, split) if seed == cfg["seeds"][0] else [], "info": info}
-    return frame, record
+    tokens = _token_rows(paradigm, arm.label, split) if seed == cfg["seeds"][0] else []
+    return JobResult(label=arm.label, seed=seed, version=arm.cls.version, rows=rows, tokens=tuple(tokens),
+                     info=info)
 
 
 def gather_rows_on_main(frame: pd.DataFrame, split: Split) -> pd.DataFrame | None:
@@ -106,10 +147,8 @@ def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: S
         ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
                             progress, f"{tag} {stage}")
     users = split.user_ids[local_users(split)]
-    frame = pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "user": users, "rank": ranks})
-    for name, values in metrics_from_ranks(ranks, cfg["eval.metrics"], cfg["eval.ks"]).items():
-        frame[name] = values
-    return frame
+    return pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "user": users,
+                         "rank": ranks})[list(ID_COLUMNS)]
 
 
 def _token_rows(paradigm: Paradigm, label: str, split: Split) -> list[tuple]:

@@ -1,9 +1,12 @@
 """Tables, significance tests and plots of a run, rebuilt from its saved files alone.
 
-Inputs: ``per_user.csv``, ``tokens.csv``, ``manifest.json`` and ``config.yaml`` (its ``report`` section).
-Outputs: ``metrics.json``, ``significance.csv``, ``results.md``, ``results.csv``, ``results.tex`` and the plots.
-``bench report RUN_DIR`` calls :func:`build`, so what a run writes and what a later re-analysis writes are
-produced by the same code and are byte-identical.
+Inputs: ``per_user.csv`` (ranks), ``tokens.csv``, ``manifest.json`` and ``config.yaml`` (its ``eval`` metrics and
+``report`` section); every metric is computed from the ranks here (:meth:`bench.rundir.Run.from_disk`).
+Outputs: ``metrics.json`` (every computed metric), ``significance.csv``, ``results.md``, ``results.csv``,
+``results.tex`` and the plots. ``bench report RUN_DIR`` calls :func:`build`, so what a run writes and what a later
+re-analysis writes are produced by the same code and are byte-identical; ``bench report RUN_DIR --set
+report.ks=5`` reports the same ranks with more (``report.*``) settings, without rerunning anything.
+An undefined test (a NaN p-value) is written as ``nan`` in ``significance.csv`` and ``n/a`` in ``bench compare``.
 """
 from __future__ import annotations
 
@@ -17,16 +20,16 @@ import pandas as pd
 from bench import plots, stats
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
-from bench.rundir import Run, display_name, metric_columns, write_json
+from bench.rundir import Run, display_name, incomparable, write_json
 
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
 
 
-def summarise(per_user: pd.DataFrame) -> dict[str, dict[str, dict[str, dict]]]:
-    """``{paradigm: {stage: {metric: {"mean", "std", "per_seed"}}}}``: mean over users per seed, then the mean
-    and sample standard deviation (0 for one seed) over seeds."""
+def summarise(per_user: pd.DataFrame, metrics: list[str]) -> dict[str, dict[str, dict[str, dict]]]:
+    """``{paradigm: {stage: {metric: {"mean", "std", "per_seed"}}}}`` for each of ``metrics`` (columns of
+    ``per_user``): mean over users per seed, then the mean and sample standard deviation (0 for one seed) over
+    seeds."""
     out: dict = {}
-    metrics = metric_columns(per_user)
     seed_means = per_user.groupby(["paradigm", "stage", "seed"], sort=False)[metrics].mean()
     for (paradigm, stage), table in seed_means.groupby(level=[0, 1], sort=False):
         stage_out = out.setdefault(paradigm, {}).setdefault(stage, {})
@@ -38,6 +41,11 @@ def summarise(per_user: pd.DataFrame) -> dict[str, dict[str, dict[str, dict]]]:
     return out
 
 
+def significance_csv(tests: pd.DataFrame) -> str:
+    """A significance table as CSV; an undefined test's NaN p-value is written ``nan``, never left blank."""
+    return tests.to_csv(index=False, float_format="%.6g", na_rep="nan")
+
+
 def significance(run: Run) -> pd.DataFrame:
     """Pairwise tests of every paradigm pair of the run on ``report.metrics`` (test stage)."""
     cfg = run.config
@@ -45,16 +53,17 @@ def significance(run: Run) -> pd.DataFrame:
                          cfg["report.test"])
 
 
-def build(run_dir: Path) -> None:
-    """(Re)write every table and plot of ``run_dir`` from its saved files."""
-    run = Run.from_disk(run_dir)
-    summary = summarise(run.per_user)
+def build(run_dir: Path, overrides=()) -> None:
+    """(Re)write every table and plot of ``run_dir`` from its saved files; ``overrides`` (``report.*`` keys,
+    ``--set``-style) change this report's settings, not the run's saved ``config.yaml``."""
+    run = Run.from_disk(run_dir, overrides)
+    summary = summarise(run.per_user, run.metrics)
     write_json(run.path / "metrics.json", {
         "dataset": run.manifest.dataset, "split_hash": run.manifest.split_hash,
         "paradigms": {name: {"version": run.manifest.version(name), "stages": stages}
                       for name, stages in summary.items()}})
     tests = significance(run)
-    atomic_write_text(run.path / "significance.csv", tests.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(run.path / "significance.csv", significance_csv(tests))
     table = results_table(run, summary, tests)
     atomic_write_text(run.path / "results.csv", table.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(run.path / "results.md", results_md(run, table, summary))
@@ -242,22 +251,23 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
 # -- two runs ------------------------------------------------------------------------------------------------
 def compare_runs(dir_a: Path, dir_b: Path) -> tuple[pd.DataFrame, float]:
     """Paired tests of every paradigm present in both runs, run A's against run B's (labels ``A:NAME`` and
-    ``B:NAME``), on run A's ``report.metrics``; Holm over all rows. The runs must share the split.
-    Returns the table and run A's ``report.alpha``."""
+    ``B:NAME``), on run A's ``report.metrics`` (computed from each run's ranks); Holm over all rows. The runs must
+    be comparable (:func:`bench.rundir.incomparable`: same split, same history masking), else a one-line error
+    naming the field that differs. Returns the table and run A's ``report.alpha``."""
     run_a, run_b = Run.from_disk(dir_a), Run.from_disk(dir_b)
-    hash_a, hash_b = run_a.manifest.split_hash, run_b.manifest.split_hash
-    if hash_a != hash_b:
-        raise BenchError(f"{dir_a} and {dir_b} were run on different splits ({hash_a} vs {hash_b}): per-user tests "
-                         "need the same users and targets; rerun one with the other's dataset and data settings")
+    reason = incomparable(run_a, run_b)
+    if reason:
+        raise BenchError(reason)
     common = [p for p in run_a.paradigms if p in run_b.paradigms]
     if not common:
         raise BenchError(f"{dir_a} and {dir_b} have no paradigm in common; `bench compare` tests the same "
                          "paradigm across two runs")
-    metrics = [m for m in run_a.report_metrics if m in run_b.per_user.columns]
+    metrics = run_a.report_metrics
+    rows_b = run_b.with_metrics(metrics)
     matrices = {}
     for metric in metrics:
         left = stats.user_matrix(run_a.per_user, metric)[common].add_prefix("A:")
-        right = stats.user_matrix(run_b.per_user, metric)[common].add_prefix("B:")
+        right = stats.user_matrix(rows_b, metric)[common].add_prefix("B:")
         matrices[metric] = left.join(right, how="inner")
     cfg = run_a.config
     table = stats.compare_pairs(matrices, [(f"A:{p}", f"B:{p}") for p in common], cfg["report.bootstrap"],
@@ -265,8 +275,13 @@ def compare_runs(dir_a: Path, dir_b: Path) -> tuple[pd.DataFrame, float]:
     return table, cfg["report.alpha"]
 
 
+def _p(value: float) -> str:
+    """A p-value for a table: ``n/a`` when the test is undefined (NaN)."""
+    return "n/a" if pd.isna(value) else f"{value:.3g}"
+
+
 def compare_md(table: pd.DataFrame, dir_a: Path, dir_b: Path, alpha: float) -> str:
-    """Markdown view of :func:`compare_runs`' table."""
+    """Markdown view of :func:`compare_runs`' table (``n/a``: a test undefined for these values)."""
     lines = [f"A = {dir_a}", f"B = {dir_b}", "",
              "| metric | paradigm | A | B | A - B | 95% CI | rel. % | t p | Wilcoxon p | Holm p | wins/ties/losses |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
@@ -274,6 +289,6 @@ def compare_md(table: pd.DataFrame, dir_a: Path, dir_b: Path, alpha: float) -> s
         mark = " *" if row.p_holm < alpha and row.diff != 0 else ""
         lines.append(f"| {display_name(row.metric)} | {row.a[2:]} | {row.mean_a:.4f} | {row.mean_b:.4f} | "
                      f"{row.diff:+.4f}{mark} | [{row.ci_low:+.4f}, {row.ci_high:+.4f}] | {row.rel_diff_pct:+.1f} | "
-                     f"{row.t_p:.3g} | {row.wilcoxon_p:.3g} | {row.p_holm:.3g} | {row.wins}/{row.ties}/{row.losses} |")
+                     f"{_p(row.t_p)} | {_p(row.wilcoxon_p)} | {_p(row.p_holm)} | {row.wins}/{row.ties}/{row.losses} |")
     lines += ["", f"* significant after Holm correction over the {len(table)} tests (p < {alpha:g})", ""]
     return "\n".join(lines)

@@ -1,10 +1,16 @@
 """The run directory: what a finished run holds on disk, typed, and read back the same way by every consumer.
 
 A run directory holds ``config.yaml`` (the resolved config), ``manifest.json`` (a :class:`Manifest`: what ran,
-on what, for how long), ``per_user.csv`` (one row per paradigm, seed, stage and user: the target's rank and every
-metric) and ``tokens.csv`` (one row per LLM paradigm and user: prompt cost). ``bench.report`` and ``bench.plots``
-read it through :meth:`Run.from_disk` only. ``FORMAT_VERSION`` names this layout; a manifest without the field
-was written before it existed and has the same layout (version 1). A run of another version is a clear error.
+on what, for how long), ``per_user.csv`` (one row per paradigm, seed, stage and user: the target's rank, and
+nothing else: :data:`ID_COLUMNS`) and ``tokens.csv`` (one row per LLM paradigm and user: prompt cost).
+``bench.report`` and ``bench.plots`` read it through :meth:`Run.from_disk` only, which computes every metric from
+the ranks (``bench.metrics.METRICS``): ``eval.metrics`` at every K of ``eval.ks`` and ``report.ks``, plus whatever
+``report.metrics`` names, so a report of an old run can add a K or a metric without rerunning it.
+
+``FORMAT_VERSION`` names this layout. Version 1 (a manifest without the field was written before it existed and
+is version 1 too) also stored the metric columns in ``per_user.csv``, rounded to 10 significant digits, and its
+tables were computed from those: a version-1 run's metrics are recomputed from its ranks and rounded the same way,
+so its tables rebuild byte for byte. A run of any other version is a clear error.
 """
 from __future__ import annotations
 
@@ -12,21 +18,24 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from bench.cache import atomic_write_text
-from bench.config import Config, load_config
+from bench.config import Config, check_report_values, load_config, parse_override
 from bench.errors import BenchError
-from bench.metrics import METRICS
+from bench.metrics import METRICS, metric_names, metrics_from_ranks
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ID_COLUMNS = ("paradigm", "seed", "stage", "user", "rank")
 MAIN_METRICS = ("hit@100", "ndcg@10")
 TOKEN_COLUMNS = ("paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept")
 FILES = ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")
+#: Significant digits of the metric columns a format-1 ``per_user.csv`` stored (``float_format="%.10g"``).
+FORMAT_1_DIGITS = 10
 
 
 def display_name(metric: str) -> str:
@@ -35,10 +44,39 @@ def display_name(metric: str) -> str:
     return f"{METRICS.get(name).label if name in METRICS else name}@{k}"
 
 
-def metric_columns(per_user: pd.DataFrame) -> list[str]:
-    """The metric columns of a per-user table, main metrics (HR@100, NDCG@10) first."""
-    metrics = [c for c in per_user.columns if c not in ID_COLUMNS]
-    return [m for m in MAIN_METRICS if m in metrics] + [m for m in metrics if m not in MAIN_METRICS]
+def metric_columns(cfg: Config) -> list[str]:
+    """The per-user metric columns a report computes under ``cfg``: ``eval.metrics`` at every K of ``eval.ks`` and
+    ``report.ks`` (metric-major, K ascending), then any other ``report.metrics``; main metrics (HR@100, NDCG@10)
+    first. Each is checked: an unknown metric or a K below 1 is a one-line error naming it."""
+    ks = sorted({int(k) for k in (*cfg["eval.ks"], *cfg["report.ks"])})
+    names = metric_names(cfg["eval.metrics"], ks)
+    names += [m for m in dict.fromkeys(cfg["report.metrics"]) if m not in names]
+    for name in names:
+        _check_metric(name, "report.metrics" if name in cfg["report.metrics"] else "eval.metrics")
+    return [m for m in MAIN_METRICS if m in names] + [m for m in names if m not in MAIN_METRICS]
+
+
+def _check_metric(column: str, key: str) -> None:
+    name, _, k = column.partition("@")
+    if name not in METRICS:
+        raise BenchError(f"config key '{key}': {column!r} names unknown metric {name!r}; use one of "
+                         f"{', '.join(METRICS.names())} (a plugin metric needs its package installed)")
+    if not k.isdigit() or int(k) < 1:
+        raise BenchError(f"config key '{key}': {column!r} cannot be computed: K must be an integer >= 1")
+
+
+def metric_values(ranks: np.ndarray, columns: list[str], digits: int | None = None) -> dict[str, np.ndarray]:
+    """Per-user values ``{column: float64 [len(ranks)]}`` of each ``METRIC@K`` column from ``ranks``, through
+    the registered metrics; with ``digits``, rounded to that many significant digits (format 1 stored them so)."""
+    distinct, index = np.unique(np.asarray(ranks), return_inverse=True)  # a metric is a function of the rank
+    out = {}
+    for column in columns:
+        name, _, k = column.partition("@")
+        values = metrics_from_ranks(distinct, [name], [int(k)])[column]
+        if digits is not None:
+            values = np.array([float(f"{v:.{digits}g}") for v in values], dtype=np.float64)
+        out[column] = values[index]
+    return out
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -76,10 +114,10 @@ class Manifest:
     def from_dict(cls, data: dict, source: str = "manifest") -> "Manifest":
         """The manifest of a saved run; a one-line error for another format version or a missing field."""
         version = data.get("format_version", 1)
-        if version != FORMAT_VERSION:
-            raise BenchError(f"{source}: run directory format version {version}, but this bench reads version "
-                             f"{FORMAT_VERSION}; rerun it with this bench, or read it with the bench that wrote it "
-                             f"(git commit {data.get('git_commit')})")
+        if version not in READABLE_VERSIONS:
+            raise BenchError(f"{source}: run directory format version {version}, but this bench reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}; rerun it with this bench, or read it with "
+                             f"the bench that wrote it (git commit {data.get('git_commit')})")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.name not in data and f.default is dataclasses.MISSING
@@ -122,17 +160,20 @@ class Manifest:
 
 @dataclass
 class Run:
-    """A finished run directory read back: per-user rows, prompt costs, manifest and config."""
+    """A finished run directory read back: per-user rows (the saved ids and ranks, plus the :attr:`metrics`
+    columns computed from the ranks), prompt costs, manifest and config."""
 
     path: Path
     per_user: pd.DataFrame
     tokens: pd.DataFrame
     manifest: Manifest
     config: Config
+    metrics: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_disk(cls, run_dir: Path) -> "Run":
-        """Read a finished run directory; a one-line error naming the missing or broken file."""
+    def from_disk(cls, run_dir: Path, overrides: Iterable[str | Mapping] = ()) -> "Run":
+        """Read a finished run directory; a one-line error naming the missing or broken file. ``overrides``
+        (``--set``-style, ``report.*`` keys only) change how this read reports the run, not its saved config."""
         run_dir = Path(run_dir)
         files = {name: run_dir / name for name in FILES}
         for name, path in files.items():
@@ -146,15 +187,31 @@ class Run:
             manifest = json.loads(files["manifest.json"].read_text())
         except json.JSONDecodeError as exc:
             raise BenchError(f"{files['manifest.json']}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        return cls(run_dir, per_user, pd.read_csv(files["tokens.csv"], dtype={"user": str}),
-                   Manifest.from_dict(manifest, str(files["manifest.json"])), load_config(None, files["config.yaml"]))
+        manifest = Manifest.from_dict(manifest, str(files["manifest.json"]))
+        config = _report_config(files["config.yaml"], overrides)
+        run = cls(run_dir, per_user[list(ID_COLUMNS)], pd.read_csv(files["tokens.csv"], dtype={"user": str}),
+                  manifest, config)  # a format-1 run's stored metric columns are recomputed from its ranks
+        run.metrics = metric_columns(config)
+        run.per_user = run.with_metrics(run.metrics)
+        return run
 
     @staticmethod
     def write(folder: Path, per_user: pd.DataFrame, tokens: list[tuple], manifest: Manifest) -> None:
-        """Write the run's data files into ``folder`` (which already holds ``config.yaml``)."""
+        """Write the run's data files into ``folder`` (which already holds ``config.yaml``); ``per_user.csv`` gets
+        the :data:`ID_COLUMNS` of ``per_user``, nothing else."""
         write_json(folder / "manifest.json", manifest.to_dict())
-        atomic_write_text(folder / "per_user.csv", per_user.to_csv(index=False, float_format="%.10g"))
+        atomic_write_text(folder / "per_user.csv", per_user[list(ID_COLUMNS)].to_csv(index=False))
         atomic_write_text(folder / "tokens.csv", pd.DataFrame(tokens, columns=list(TOKEN_COLUMNS)).to_csv(index=False))
+
+    def with_metrics(self, columns: list[str]) -> pd.DataFrame:
+        """:attr:`per_user` with every ``METRIC@K`` of ``columns`` it lacks computed from the ranks (checked: an
+        unknown metric is a one-line error naming it)."""
+        needed = [c for c in dict.fromkeys(columns) if c not in self.per_user.columns]
+        for column in needed:
+            _check_metric(column, "report.metrics")
+        digits = FORMAT_1_DIGITS if self.manifest.format_version == 1 else None
+        values = metric_values(self.per_user["rank"].to_numpy(), needed, digits)
+        return self.per_user.assign(**values) if values else self.per_user
 
     @property
     def paradigms(self) -> list[str]:
@@ -167,10 +224,47 @@ class Run:
 
     @property
     def report_metrics(self) -> list[str]:
-        """``report.metrics`` that the run measured (an error when none of them is in ``per_user.csv``)."""
-        wanted = list(self.config["report.metrics"])
-        found = [m for m in wanted if m in self.per_user.columns]
-        if not found:
-            raise BenchError(f"{self.path}: none of report.metrics ({', '.join(wanted)}) is in per_user.csv; "
-                             "set report.metrics to measured METRIC@K columns")
-        return found
+        """``report.metrics``: the columns of the tables, tested pairwise and plotted (each is in :attr:`metrics`)."""
+        return list(dict.fromkeys(self.config["report.metrics"]))
+
+
+def _report_config(path: Path, overrides: Iterable[str | Mapping]) -> Config:
+    """A saved run's config (a record: its values are not checked again), with ``report.*`` overrides applied and
+    checked; any other key is an error (changing it means rerunning the run)."""
+    overrides = list(overrides)
+    for item in overrides:
+        layer = parse_override(item) if isinstance(item, str) else item
+        if set(layer) != {"report"}:
+            raise BenchError(f"--set {item}: a report can change report.* keys only; other keys describe what ran "
+                             "(rerun the run to change them)")
+    config = load_config(None, path, overrides, check_values=False)
+    if overrides:
+        check_report_values(config)
+    return config
+
+
+# -- comparing runs ------------------------------------------------------------------------------------------------
+#: What two runs must share before their per-user values may be paired: (field, how to read it from a run, why).
+#: A field is added here (an evaluation protocol, say) and every comparison checks it.
+COMPARABLE_ON: tuple[tuple[str, Callable[["Run"], Any], str], ...] = (
+    ("split hash", lambda run: run.manifest.split_hash,
+     "per-user tests need the same users and targets, so they were run on different splits; rerun one with the "
+     "other's dataset and data settings"),
+    ("eval.mask_history", lambda run: run.config["eval.mask_history"],
+     "ranks with and without history masking are different measurements; rerun one with the other's setting"),
+)
+
+
+def comparability_key(run: "Run") -> dict[str, Any]:
+    """``{field: value}`` of every :data:`COMPARABLE_ON` field: runs are comparable only when their keys agree."""
+    return {name: read(run) for name, read, _ in COMPARABLE_ON}
+
+
+def incomparable(run_a: "Run", run_b: "Run") -> str | None:
+    """One line naming the first field on which the two runs differ (``None``: they are comparable)."""
+    key_a, key_b = comparability_key(run_a), comparability_key(run_b)
+    for name, _, why in COMPARABLE_ON:
+        if key_a[name] != key_b[name]:
+            return f"{run_a.path} and {run_b.path} are not comparable: {name} differs ({key_a[name]} vs " \
+                   f"{key_b[name]}); {why}"
+    return None

@@ -113,24 +113,24 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
             continue
-        saved = state.load(index, arm.label, seed, arm.cls.version) if world.is_main else None
-        if world.broadcast(saved is not None):
+        job = state.load(index, arm.label, seed, arm.cls.version) if world.is_main else None
+        if world.broadcast(job is not None):
             reused.append(f"{arm.label}/seed{seed}")
         else:
             try:
-                saved = run_job(arm, seed, shared, timings)
+                job = run_job(arm, seed, shared, timings)
             except ParadigmUnavailable as exc:
                 if world.is_main:
                     print(f"skipped {arm.label}: {exc}", file=sys.stderr)
                 skipped[arm.label] = str(exc)
                 continue
             if world.is_main:
-                state.save(index, *saved)
+                state.save(index, job)
         if not world.is_main:
             continue
-        frames.append(saved[0])
-        tokens.extend(tuple(row) for row in saved[1]["tokens"])
-        _record_info(paradigm_info, arm, seed, saved[1]["info"],
+        frames.append(job.rows)
+        tokens.extend(job.tokens)
+        _record_info(paradigm_info, arm, seed, job.info,
                      _llm_record(shared.llm_for(arm.config)) if arm.cls.needs_llm else None)
 
     def finish() -> Path:

@@ -20,6 +20,7 @@ import pandas as pd
 from bench.cache import atomic_write_text
 from bench.config import Config, load_config
 from bench.errors import BenchError
+from bench.evaluation import JobResult
 
 STATE_VERSION = 1
 
@@ -84,15 +85,15 @@ class RunState:
     def _files(self, index: int) -> tuple[Path, Path]:
         return self.dir / "jobs" / f"{index:04d}.csv", self.dir / "jobs" / f"{index:04d}.json"
 
-    def save(self, index: int, per_user: pd.DataFrame, record: dict) -> None:
-        """Store job ``index``: its per-user rows and a JSON ``record`` (label, seed, version, tokens, info)."""
+    def save(self, index: int, job: JobResult) -> None:
+        """Store job ``index``: its per-user rows and, as JSON, the rest of the :class:`JobResult`."""
         table, meta = self._files(index)
-        text = per_user.to_csv(index=False, float_format="%.10g")
+        text = job.rows.to_csv(index=False)
         atomic_write_text(table, text)
-        atomic_write_text(meta, json.dumps({**record, "sha256": hashlib.sha256(text.encode()).hexdigest()},
+        atomic_write_text(meta, json.dumps({**job.record(), "sha256": hashlib.sha256(text.encode()).hexdigest()},
                                            default=str))
 
-    def load(self, index: int, label: str, seed: int, version: str) -> tuple[pd.DataFrame, dict] | None:
+    def load(self, index: int, label: str, seed: int, version: str) -> JobResult | None:
         """Job ``index`` if it finished under the same label, seed and paradigm version; else None (with a
         warning when a saved job had to be discarded)."""
         table, meta = self._files(index)
@@ -113,4 +114,4 @@ class RunState:
         if problem:
             warnings.warn(f"recomputing {label} seed {seed}: the saved result is stale ({problem})")
             return None
-        return pd.read_csv(io.StringIO(text), dtype={"user": str}), record
+        return JobResult.from_record(pd.read_csv(io.StringIO(text), dtype={"user": str}), record)

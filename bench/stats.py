@@ -5,6 +5,12 @@ seeds is one number per user), then for each pair (a, b) and metric this module 
 the Wilcoxon signed-rank test (scipy.stats), a seeded bootstrap 95% confidence interval of the mean difference,
 the relative difference, win/tie/loss counts over users, and Holm's correction over the whole family of
 comparisons in the table.
+
+A test that is undefined for its data (scipy's NaN: e.g. a single user for the t-test) keeps its NaN p-value, and
+its Holm-adjusted p is NaN too: it still counts in the size of the family (it is one of the comparisons made, so
+counting it keeps the correction conservative) and is ordered after every defined p-value, so the others' adjusted
+values are what they would be if it had p = 1; it is never marked significant. Identical per-user values (every
+difference zero) are not such a case: both p-values are 1 by definition, as nothing differs.
 """
 from __future__ import annotations
 
@@ -35,19 +41,24 @@ def user_matrix(per_user: pd.DataFrame, metric: str, stage: str = "test") -> pd.
 
 
 def holm(pvalues) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (same order as the input; NaN counts as 1)."""
-    p = np.nan_to_num(np.asarray(pvalues, dtype=np.float64), nan=1.0)
+    """Holm-Bonferroni adjusted p-values (same order as the input). A NaN p-value (an undefined test) stays NaN;
+    it counts in the family size ``m`` and is ordered last, so it leaves every other adjusted value as a p of 1
+    would (see the module docstring)."""
+    p = np.asarray(pvalues, dtype=np.float64)
     m = len(p)
-    order = np.argsort(p, kind="stable")
-    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    undefined = np.isnan(p)
+    order = np.argsort(np.where(undefined, np.inf, p), kind="stable")
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * np.where(undefined, 1.0, p)[order])
     out = np.empty(m)
     out[order] = np.minimum(adjusted, 1.0)
+    out[undefined] = np.nan
     return out
 
 
 def paired_pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Two-sided p-values ``(paired t-test, Wilcoxon signed-rank)`` of ``a`` vs ``b``; 1.0 when every
-    difference is zero (the tests are undefined there, and identical results are never significant)."""
+    """Two-sided p-values ``(paired t-test, Wilcoxon signed-rank)`` of ``a`` vs ``b``: 1.0 when every difference
+    is zero (identical results, by definition never significant), NaN where scipy's test is undefined for the
+    data (e.g. one user), reported as such."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if not np.any(diff):
         return 1.0, 1.0
@@ -55,7 +66,7 @@ def paired_pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         warnings.simplefilter("ignore", RuntimeWarning)
         t_p = float(sps.ttest_rel(a, b).pvalue)
         w_p = float(sps.wilcoxon(a, b).pvalue)
-    return (1.0 if np.isnan(t_p) else t_p), (1.0 if np.isnan(w_p) else w_p)
+    return t_p, w_p
 
 
 def bootstrap_ci(diffs: np.ndarray, n_boot: int = 10_000, seed: int = 0, level: float = 0.95,
@@ -118,10 +129,11 @@ def compare(per_user: pd.DataFrame, metrics: list[str], stage: str = "test", n_b
 
 
 def beaten(significance: pd.DataFrame, alpha: float = 0.05) -> dict[str, dict[str, list[str]]]:
-    """``{metric: {paradigm: [paradigms it is significantly better than]}}`` after Holm correction."""
+    """``{metric: {paradigm: [paradigms it is significantly better than]}}`` after Holm correction (an undefined
+    test, NaN, never counts)."""
     out: dict[str, dict[str, list[str]]] = {}
     for row in significance.itertuples(index=False):
-        if row.p_holm >= alpha or row.diff == 0:
+        if not row.p_holm < alpha or row.diff == 0:
             continue
         winner, loser = (row.a, row.b) if row.diff > 0 else (row.b, row.a)
         out.setdefault(row.metric, {}).setdefault(winner, []).append(loser)

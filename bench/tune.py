@@ -27,11 +27,10 @@ import yaml
 from bench import estimate, plan
 from bench.cache import atomic_write_text
 from bench.config import Config, with_overrides
-from bench.contract import Context
 from bench.errors import BenchError
-from bench.evaluation import fit_paradigm, validation_ndcg
+from bench.evaluation import fit_paradigm, job_context, validation_ndcg
 from bench.progress import progress_bar
-from bench.resources import Resources, Timings, pick_device, seed_everything
+from bench.resources import Resources, Timings, pick_device
 
 STARTUP_TRIALS = 10  # TPE draws at random until this many trials completed (Optuna's default)
 
@@ -155,12 +154,8 @@ def _objective(trial, arm: plan.Arm, cfg: Config, shared: Resources, seed: int) 
     values = suggest(trial, arm.cls.search_space)
     variant = plan.arms(arm.cls.name, with_overrides(cfg, [as_config(arm.cls.name, values)]))[0]
     start = time.perf_counter()
-    context = Context(config=variant.config, options=variant.options, seed=seed, device=shared.device,
-                      cache_dir=shared.cache_root, encoder=shared.encoder,
-                      llm=shared.llm_for(variant.config) if variant.cls.needs_llm else None,
-                      progress=shared.progress, generator=seed_everything(seed))
     paradigm = variant.cls()
-    fit_paradigm(paradigm, shared.split, context)
+    fit_paradigm(paradigm, shared.split, job_context(variant, seed, shared))  # as bench run builds it
     score = validation_ndcg(shared.split, paradigm.score, variant.config)
     trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
     return score

@@ -36,6 +36,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from bench import rundir
 from conftest import run_cli
 
 pytestmark = [pytest.mark.gpu,
@@ -71,7 +72,7 @@ class Run:
 
     @classmethod
     def read(cls, path: Path) -> "Run":
-        return cls(path, pd.read_csv(path / "per_user.csv", dtype={"user": str}),
+        return cls(path, rundir.Run.from_disk(path).per_user,  # ranks, and metrics computed from them
                    json.loads((path / "manifest.json").read_text()))
 
     def history(self, paradigm: str) -> list[dict]:

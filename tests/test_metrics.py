@@ -7,6 +7,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.metrics import evaluate_ranks, metric_names, metrics_from_ranks, rank_chunk
+from bench.rundir import Run
 
 
 def _ranks(scores, targets, histories=None):
@@ -76,7 +77,7 @@ def test_a_metric_added_in_one_place_reaches_runs_tables_tests_and_plots(slice_o
         out = runner.run("pop,sasrec", cfg, tmp_path / "run")
         assert "| RR@10 |" in (out / "results.md").read_text()
         assert set(pd.read_csv(out / "significance.csv")["metric"]) == {"hit@100", "rr@10"}
-        per_user = pd.read_csv(out / "per_user.csv")
+        per_user = Run.from_disk(out).per_user  # computed from per_user.csv's ranks
         assert np.allclose(per_user["rr@10"], np.where(per_user["rank"] <= 10, 1 / per_user["rank"], 0))
         assert (out / "metrics.png").is_file()
     with pytest.raises(BenchError, match="unknown metric 'rr'"):

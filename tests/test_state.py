@@ -4,6 +4,7 @@ import pytest
 
 from bench.config import load_config
 from bench.errors import BenchError
+from bench.evaluation import JobResult
 from bench.state import RunState
 
 
@@ -12,13 +13,14 @@ def state(tmp_path):
     state = RunState(tmp_path / "run")
     state.start(load_config("smoke"), {"spec": "pop", "sweep": None, "argv": None})
     frame = pd.DataFrame({"paradigm": ["pop"], "seed": [0], "stage": ["test"], "user": ["7"], "rank": [3]})
-    state.save(0, frame, {"label": "pop", "seed": 0, "version": "1", "tokens": [], "info": {}})
+    state.save(0, JobResult("pop", 0, "1", frame, (("pop", "7", 5, 0, 2, 2),), {"fit_seconds": 0.5}))
     return state
 
 
 def test_saved_job_is_reused(state):
-    frame, record = state.load(0, "pop", 0, "1")
-    assert frame["user"].tolist() == ["7"] and record["label"] == "pop"
+    job = state.load(0, "pop", 0, "1")
+    assert job.rows["user"].tolist() == ["7"] and (job.label, job.seed, job.version) == ("pop", 0, "1")
+    assert job.tokens == (("pop", "7", 5, 0, 2, 2),) and job.info == {"fit_seconds": 0.5}
     cfg, plan = state.resume()
     assert plan["spec"] == "pop" and cfg.hash == load_config("smoke").hash
 
@@ -44,3 +46,13 @@ def test_resume_refuses_a_config_from_another_bench_version(state):
     path.write_text(path.read_text().replace("max_users: 100", "max_users: 101"))
     with pytest.raises(BenchError, match="another version of bench"):
         state.resume()
+
+
+def test_a_job_saved_by_an_older_bench_keeps_only_its_ids_and_ranks(tmp_path):
+    """Format-1 jobs saved metric columns beside the ranks; a resumed run writes ids and ranks only."""
+    state = RunState(tmp_path / "run")
+    state.start(load_config("smoke"), {"spec": "pop", "sweep": None, "argv": None})
+    frame = pd.DataFrame({"paradigm": ["pop"], "seed": [0], "stage": ["test"], "user": ["7"], "rank": [3],
+                          "hit@10": [1.0]})
+    state.save(0, JobResult("pop", 0, "1", frame))
+    assert state.load(0, "pop", 0, "1").rows.columns.tolist() == ["paradigm", "seed", "stage", "user", "rank"]

@@ -35,7 +35,9 @@ def test_holm_on_a_hand_worked_example():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, max(0.04*1, 0.06) = 0.06
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1 and monotone in the raw p
-    assert stats.holm([np.nan, 0.01]) == pytest.approx([1.0, 0.02])
+    # an undefined test stays NaN; it counts in the family (m = 2) and leaves the others as a p of 1 would
+    assert stats.holm([np.nan, 0.01]) == pytest.approx([np.nan, 0.02], nan_ok=True)
+    assert stats.holm([0.04, np.nan, 0.01]) == pytest.approx([0.08, np.nan, 0.03], nan_ok=True)
 
 
 def test_identical_paradigms_are_never_significant():
@@ -86,3 +88,12 @@ def test_holm_spans_every_pair_and_metric_and_marks_only_real_winners():
     assert sorted(wins["ndcg@10"]["good"]) == ["mid", "same"] and "same" not in wins["ndcg@10"]
     wilcoxon = stats.compare(frame, ["ndcg@10"], test="wilcoxon")
     assert np.allclose(wilcoxon["p_holm"], stats.holm(wilcoxon["wilcoxon_p"]))
+
+
+def test_an_undefined_test_keeps_its_nan_p_value_and_is_never_significant():
+    """One user: the t-test has no degrees of freedom (scipy: NaN). It used to be reported as p = 1."""
+    frame = per_user_frame({"a": [[0.9]], "b": [[0.1]]})
+    row = stats.compare(frame, ["ndcg@10"]).iloc[0]
+    assert np.isnan(row["t_p"]) and np.isnan(row["p_holm"]) and row["diff"] == pytest.approx(0.8)
+    assert stats.beaten(stats.compare(frame, ["ndcg@10"])) == {}
+    assert np.isnan(stats.paired_pvalues(np.array([0.9]), np.array([0.1]))[0])

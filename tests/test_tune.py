@@ -9,6 +9,7 @@ import yaml
 from bench import plan, registry
 from bench.config import load_config
 from bench.errors import BenchError
+from bench.rundir import Run
 from bench.tune import as_config, default_values, suggest, tune
 from conftest import run_cli, uninterrupted
 
@@ -72,7 +73,7 @@ def test_the_tuned_config_is_never_worse_on_validation_and_bench_run_reads_it(tu
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     own = best["paradigms"]["id-translation"].get("train")
     assert manifest["paradigms"]["id-translation"]["options"].get("train") == own
-    per_user = pd.read_csv(tmp_path / "run" / "per_user.csv")
+    per_user = Run.from_disk(tmp_path / "run").per_user
     valid = per_user[(per_user.stage == "valid") & (per_user.seed == cfg["seeds"][0])].groupby("paradigm")["ndcg@10"]
     for label, group in trials.groupby("paradigm"):  # the tuned run reproduces the best trial: never below default
         assert valid.mean()[label] == pytest.approx(group["valid_ndcg@10"].max(), rel=1e-5, abs=1e-7)
