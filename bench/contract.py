@@ -179,6 +179,10 @@ class Paradigm:
         """Number of parameters ``fit`` trains (0 for fixed scorers)."""
         return 0
 
+    def invalidate(self) -> None:
+        """Forget whatever ``score`` caches (user or item vectors): the harness calls it before every validation
+        and once after ``fit``, so scores always come from the current parameters. Optional for plugins."""
+
     @classmethod
     def workload(cls, split: SplitView, config: Config, options: Mapping[str, Any]) -> Workload | None:
         """What one job of this paradigm will cost on ``split`` (for the plan line and ``--dry-run``);

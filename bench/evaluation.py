@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -56,10 +55,22 @@ def fit_paradigm(paradigm: Paradigm, split: Split, context: Context) -> SplitVie
     """Fit ``paradigm`` on the training view of ``split`` with ``context.validate`` bound to the evaluator;
     return the view, opened for scoring."""
     view = SplitView(split)
-    validate: Callable[[ScoreFn], float] = lambda score: validation_ndcg(split, score, context.config)  # noqa: E731
+
+    def validate(score: ScoreFn) -> float:
+        invalidate(paradigm)
+        return validation_ndcg(split, score, context.config)
+
     paradigm.fit(view, dataclasses.replace(context, validate=validate))
+    invalidate(paradigm)
     view.open_for_scoring()
     return view
+
+
+def invalidate(paradigm: Paradigm) -> None:
+    """Drop the paradigm's scoring caches (:meth:`Paradigm.invalidate`; a plugin may leave the method out)."""
+    method = getattr(paradigm, "invalidate", None)
+    if callable(method):
+        method()
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ takes the other samples' targets as in-batch negatives. Sharing keeps the item s
 from __future__ import annotations
 
 import copy
+import re
 import time
-from typing import Callable, Protocol, TYPE_CHECKING
+from typing import Callable, Iterable, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,16 +26,36 @@ if TYPE_CHECKING:
     from bench.contract import SplitView
 
 
-class TwoTowerTask(Protocol):
-    """What the loop trains: vectors for training samples and for items, plus an optional extra loss."""
+class TrainingTask:
+    """What :func:`train_bpr` trains (a paradigm subclasses it beside :class:`bench.contract.Paradigm`).
 
-    def parameters(self): ...
+    ``parameters()`` are the trainable parameters (the loop optimises those with ``requires_grad``);
+    ``sample_vectors(samples [b]) -> [b, k]`` are the user-side vectors of training samples (indices into the
+    sample list) and ``item_vectors(items [m]) -> [m, k]`` the item-side vectors of item ids. ``micro_batch``
+    bounds the sequences one backbone pass of a training step holds (``None``: the whole batch at once).
+    """
+
+    micro_batch: int | None = None
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        raise NotImplementedError
 
     def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
-        """[b, k] user-side vectors of training samples (indices into the sample list)."""
+        raise NotImplementedError
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """[m, k] item-side vectors of item ids."""
+        raise NotImplementedError
+
+    def training_vectors(self, side: str, ids: torch.Tensor,
+                         batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Vectors of ``ids`` during training (``side`` ``"user"``: sample ids, ``"item"``: the batch's target
+        items) and each row's auxiliary loss ``[len(ids)]``, or ``None`` for none (the default).
+
+        ``batch`` holds the whole batch's ids of that side (``ids`` is a part of it when the step is micro-batched);
+        a row's loss may read the batch only as constants. The loop adds ``sum(row losses) / len(batch)``, so the
+        auxiliary loss is a mean over the batch and micro-batching does not change it.
+        """
+        return (self.sample_vectors if side == "user" else self.item_vectors)(ids), None
 
 
 def training_samples(split: "Split | SplitView", per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,6 +79,64 @@ def count_training_samples(split: "Split | SplitView", per_user: int) -> int:
     return int(np.minimum(np.maximum(split.train_lengths()[1:] - 1, 0), per_user).sum())
 
 
+_STOPWORDS = frozenset("a an and the of for with in on to by from at is it its this that or as be".split())
+
+
+def title_words(title: str | None) -> frozenset[str]:
+    """Lower-case word set of a title without stop words (used by denoising)."""
+    if not title:
+        return frozenset()
+    return frozenset(w for w in re.findall(r"[a-z0-9]+", title.lower()) if w not in _STOPWORDS and len(w) > 1)
+
+
+def denoise(split: "Split | SplitView", users: np.ndarray, lengths: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Boolean mask of samples to keep: drop those whose target title shares no word with the history titles
+    (samples whose target has no title are kept)."""
+    words = [title_words(t) for t in split.titles]
+    keep = np.ones(len(targets), dtype=bool)
+    for s, (user, length, target) in enumerate(zip(users, lengths, targets)):
+        if not words[target]:
+            continue
+        history = split.train_history(int(user))[:length]
+        seen = frozenset().union(*(words[i] for i in history))
+        keep[s] = bool(words[target] & seen)
+    return keep
+
+
+def diversity_sample(lengths: np.ndarray, popularity: np.ndarray, size: int, rng: np.random.Generator,
+                     bins: int = 4) -> np.ndarray:
+    """Indices of ``size`` samples drawn as evenly as possible from the buckets of history-length quantile x
+    target-popularity quantile (``bins`` x ``bins`` buckets)."""
+    def quantile_bin(values: np.ndarray) -> np.ndarray:
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+        return np.searchsorted(edges, values, side="right")
+
+    bucket = quantile_bin(lengths) * (bins + 1) + quantile_bin(popularity)
+    groups = [rng.permutation(np.flatnonzero(bucket == b)) for b in np.unique(bucket)]
+    groups.sort(key=len)
+    chosen, remaining = [], size
+    for position, group in enumerate(groups):
+        share = min(len(group), remaining // (len(groups) - position))
+        chosen.append(group[:share])
+        remaining -= share
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
+
+
+def select_samples(split: "Split | SplitView", opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
+                   targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training samples an RA-Rec paradigm trains on: denoised (``opts['denoise']``), then
+    ``opts['train_fraction']`` of them, drawn by diversity sampling (``opts['diversity']``) or uniformly."""
+    keep = denoise(split, users, lengths, targets) if opts["denoise"] else np.ones(len(targets), dtype=bool)
+    users, lengths, targets = users[keep], lengths[keep], targets[keep]
+    size = max(1, int(round(opts["train_fraction"] * len(targets))))
+    if size < len(targets):
+        rng = np.random.default_rng(seed)
+        index = diversity_sample(lengths, split.popularity[targets], size, rng) if opts["diversity"] \
+            else np.sort(rng.choice(len(targets), size, replace=False))
+        users, lengths, targets = users[index], lengths[index], targets[index]
+    return users, lengths, targets
+
+
 def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
     """Mean BPR loss. ``user``/``positive``: [b, k]; ``negatives``: [n, k] sampled negatives shared by the
     batch; the other rows' positives act as in-batch negatives."""
@@ -69,22 +148,22 @@ def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor
     return -F.logsigmoid(diffs).mean()
 
 
-def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: torch.Generator,
-              validate: Callable[[], float], progress=None, extra_loss: Callable | None = None,
-              desc: str = "train", learning_rate: float | None = None, warmup_steps: int = 0) -> dict:
+def train_bpr(task: TrainingTask, targets: np.ndarray, n_items: int, cfg: Config, generator: torch.Generator,
+              validate: Callable[[], float], progress=None, desc: str = "train", learning_rate: float | None = None,
+              warmup_steps: int = 0) -> dict:
     """Train ``task`` on samples ``0..len(targets)-1`` with BPR; early-stop on ``validate()`` (higher = better)
     and restore the best parameters. In a distributed run every rank draws the same batches and the rows of
     each batch are shared out over the ranks (:func:`_chunked_step`): the global batch is ``train.batch_size``.
 
     The starting point is validated first (epoch 0), so when no epoch beats it the initial parameters are kept.
-    ``extra_loss(items, item_vectors)``, if given, is added to every batch's loss (it receives the batch's target
-    items and their vectors). A task with ``micro_batch`` set is run in micro-batches (see :func:`_chunked_step`)
-    and may add per-row auxiliary losses (``row_aux = True``: its vector methods then also take ``aux=``, the
-    whole batch's ids, and return ``(vectors, row losses)``). ``learning_rate`` overrides ``train.learning_rate``
-    (a paradigm option); the rate rises linearly over the first ``warmup_steps`` optimiser steps.
-    Returns the training samples (per epoch), epochs trained, the best epoch and its validation score, seconds and
-    the per-epoch history.
+    The batch loss is BPR plus the task's auxiliary row losses (:meth:`TrainingTask.training_vectors`); a task
+    whose ``micro_batch`` is smaller than the batch runs in micro-batches with the same gradients.
+    ``learning_rate`` overrides ``train.learning_rate`` (a paradigm option); the rate rises linearly over the
+    first ``warmup_steps`` optimiser steps. Returns the training samples (per epoch), epochs trained, the best
+    epoch and its validation score, seconds and the per-epoch history.
     """
+    if not isinstance(task, TrainingTask):
+        raise TypeError(f"train_bpr trains a bench.training.TrainingTask, got {type(task).__name__}")
     params = [p for p in task.parameters() if p.requires_grad]
     lr = cfg["train.learning_rate"] if learning_rate is None else learning_rate
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg["train.weight_decay"])
@@ -97,7 +176,7 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
     n_batches = -(-len(targets) // cfg["train.batch_size"])
     with progress_bar(progress, total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False) as bar:
         for epoch in range(1, cfg["train.epochs"] + 1):
-            loss = _epoch(task, target_t, n_items, cfg, generator, (optimizer, schedule), extra_loss, bar)
+            loss = _epoch(task, target_t, n_items, cfg, generator, (optimizer, schedule), bar)
             score = validate()
             history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score})
             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", valid_ndcg10=f"{score:.4f}")
@@ -112,8 +191,8 @@ def train_bpr(task, targets: np.ndarray, n_items: int, cfg: Config, generator: t
             "best_valid_ndcg@10": best, "train_seconds": round(time.perf_counter() - start, 2), "history": history}
 
 
-def _epoch(task, targets: torch.Tensor, n_items: int, cfg: Config, generator: torch.Generator, optim: tuple,
-           extra_loss: Callable | None, bar) -> float:
+def _epoch(task: TrainingTask, targets: torch.Tensor, n_items: int, cfg: Config, generator: torch.Generator,
+           optim: tuple, bar) -> float:
     """One pass over the samples in a seeded random order, ``train.negatives`` fresh uniform negatives per batch;
     returns the mean batch loss."""
     optimizer, schedule = optim
@@ -124,69 +203,56 @@ def _epoch(task, targets: torch.Tensor, n_items: int, cfg: Config, generator: to
         idx = order[begin:begin + batch]
         negatives = torch.randint(1, n_items, (cfg["train.negatives"],), generator=generator)
         optimizer.zero_grad()
-        losses.append(_step(task, idx, targets[idx], negatives, extra_loss))
+        losses.append(_step(task, idx, targets[idx], negatives))
         optimizer.step()
         schedule.step()
         bar.update(1)
     return float(np.mean(losses))
 
 
-def _step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-          extra_loss: Callable | None) -> float:
+def _step(task: TrainingTask, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> float:
     """Gradients of one batch's loss on the task's parameters; returns the loss value."""
-    step = getattr(task, "micro_batch", None)
+    step = task.micro_batch
     if world().distributed or (step and max(len(samples), len(positives) + len(negatives)) > step):
-        return _chunked_step(task, samples, positives, negatives, step, extra_loss)
-    aux = getattr(task, "row_aux", False)
-    user, user_aux = _vectors(task.sample_vectors, samples, samples if aux else None)
-    positive, item_aux = _vectors(task.item_vectors, positives, positives if aux else None)
+        return _chunked_step(task, samples, positives, negatives, step)
+    user, user_rows = task.training_vectors("user", samples, samples)
+    positive, item_rows = task.training_vectors("item", positives, positives)
     loss = bpr_loss(user, positive, task.item_vectors(negatives))
-    if aux:
-        loss = loss + user_aux.mean() + item_aux.mean()
-    if extra_loss is not None:
-        loss = loss + extra_loss(positives, positive)
+    for rows in (user_rows, item_rows):
+        if rows is not None:
+            loss = loss + rows.mean()
     loss.backward()
     return loss.item()
 
 
-def _vectors(fn: Callable, ids: torch.Tensor, batch: torch.Tensor | None):
-    """``fn(ids)``, or with ``batch`` (the whole batch's ids, of which ``ids`` is a part) the pair
-    ``(vectors, row losses)`` from ``fn(ids, aux=batch)``."""
-    return fn(ids, aux=batch) if batch is not None else (fn(ids), None)
-
-
-def _chunked_step(task, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                  step: int | None, extra_loss: Callable | None = None) -> float:
+def _chunked_step(task: TrainingTask, samples: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
+                  step: int | None) -> float:
     """The same gradients as one whole-batch pass, with at most ``step`` sequences in memory at a time, and with
     the rows shared out over the ranks of a distributed run.
 
     Pass 1 computes this rank's rows of every vector without a graph and gathers all rows on every rank; the
-    whole batch's loss (BPR plus ``extra_loss``, a function of the gathered vectors) gives the gradient with
-    respect to each vector; pass 2 recomputes this rank's rows, ``step`` at a time, with a graph and
-    back-propagates that gradient (plus the rows' own losses, when the task has ``row_aux``); the parameter
-    gradients are then summed over ranks. One process: the one-pass gradient at the cost of one extra forward
-    pass; N processes: the same gradient up to float summation order, each rank doing 1/N of the rows.
+    whole batch's BPR loss gives the gradient with respect to each vector; pass 2 recomputes this rank's rows,
+    ``step`` at a time, with a graph and back-propagates that gradient plus the rows' own auxiliary losses; the
+    parameter gradients are then summed over ranks. One process: the one-pass gradient at the cost of one extra
+    forward pass; N processes: the same gradient up to float summation order, each rank doing 1/N of the rows.
     """
     ranks = world()
-    aux = getattr(task, "row_aux", False)
-    parts = [(task.sample_vectors, samples, aux), (task.item_vectors, positives, aux),
-             (task.item_vectors, negatives, False)]
+    parts = [("user", samples, True), ("item", positives, True), ("item", negatives, False)]
+    plain = {"user": task.sample_vectors, "item": task.item_vectors}
     shares = [ranks.shard(len(ids)) for _, ids, _ in parts]
     with torch.no_grad():
-        cached = [ranks.gather_rows(_rows(fn, ids[share], step)) for (fn, ids, _), share in zip(parts, shares)]
+        cached = [ranks.gather_rows(_rows(plain[side], ids[share], step)) for (side, ids, _), share in zip(parts, shares)]
     leaves = [c.detach().requires_grad_() for c in cached]
     loss = bpr_loss(*leaves)
-    if extra_loss is not None:
-        loss = loss + extra_loss(positives, leaves[1])
     loss.backward()
     own_rows = 0.0
-    for (fn, ids, with_aux), share, leaf in zip(parts, shares, leaves):
+    for (side, ids, with_aux), share, leaf in zip(parts, shares, leaves):
         width = step or max(1, share.stop - share.start)
         for i in range(share.start, share.stop, width):
             j = min(i + width, share.stop)
-            vectors, rows = _vectors(fn, ids[i:j], ids if with_aux else None)
+            vectors, rows = task.training_vectors(side, ids[i:j], ids) if with_aux else (plain[side](ids[i:j]), None)
             surrogate = (vectors * leaf.grad[i:j]).sum()
-            if with_aux:
+            if rows is not None:
                 row_loss = rows.sum() / len(ids)
                 surrogate, own_rows = surrogate + row_loss, own_rows + row_loss.item()
             surrogate.backward()

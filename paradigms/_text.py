@@ -9,26 +9,22 @@ import numpy as np
 import torch
 
 from bench.contract import SplitView, Workload, prompt_budget, rankings
-from bench.registry import Context, Paradigm, TokenUsage
+from bench.registry import Context, TokenUsage
 from bench.tokens import FittedPrompt, fit_prompt, usage
-from bench.training import count_training_samples, train_bpr, training_samples
+from bench.training import count_training_samples, training_samples
+from paradigms._two_tower import TwoTower, with_padding_row
 
 
-class _Towers(torch.nn.Module):
-    def __init__(self, width: int, dim: int, sample_feats: torch.Tensor, item_feats: torch.Tensor):
+class Heads(torch.nn.Module):
+    """The two trained linear towers over pooled backbone outputs: ``user`` and ``item``, ``width -> dim``."""
+
+    def __init__(self, width: int, dim: int):
         super().__init__()
         self.user = torch.nn.Linear(width, dim)
         self.item = torch.nn.Linear(width, dim)
-        self.sample_feats, self.item_feats = sample_feats, item_feats
-
-    def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
-        return self.user(self.sample_feats[samples])
-
-    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        return self.item(self.item_feats[items])
 
 
-class TextTwoTower(Paradigm):
+class TextTwoTower(TwoTower):
     """Base class: subclasses say how a history item is written and how the prompt and item text read."""
 
     needs_llm = True
@@ -70,43 +66,52 @@ class TextTwoTower(Paradigm):
         prompts = [self.prompt(split, u, split.train_history(u)[:n], llm.token_budget, llm.backbone.count_tokens)
                    for u, n in zip(users, lengths)]
         self.train_prompts = prompts
-        sample_feats = llm.prompts.encode([p.text for p in prompts], progress, f"{self.name} train prompts")
+        self._sample_feats = llm.prompts.encode([p.text for p in prompts], progress, f"{self.name} train prompts")
         item_texts = [self.item_text(split, i) for i in range(1, split.n_items)]
-        item_feats = torch.cat([torch.zeros(1, llm.backbone.width),
-                                llm.items.encode(item_texts, progress, f"{self.name} items")])
-        self._stage: dict[str, tuple[list[FittedPrompt], torch.Tensor]] = {}
-        self._towers = _Towers(llm.backbone.width, context.options["dim"], sample_feats, item_feats)
-        self.info = train_bpr(self._towers, targets, split.n_items, cfg, context.generator,
-                              self._validate, progress, desc=f"{self.name} fit")
-        self._refresh_items()
+        self._item_feats = torch.cat([torch.zeros(1, llm.backbone.width),
+                                      llm.items.encode(item_texts, progress, f"{self.name} items")])
+        self._prompts: dict[str, list[FittedPrompt]] = {}
+        self._features: dict[str, torch.Tensor] = {}
+        self._towers = Heads(llm.backbone.width, context.options["dim"])
+        self.info = self.train_towers(targets, split.n_items, context)
 
-    def _stage_prompts(self, stage: str) -> tuple[list[FittedPrompt], torch.Tensor]:
-        """Every user's ``stage`` prompt and its features (row 0: padding), built on first use."""
-        if stage in self._stage:
-            return self._stage[stage]
-        split, ctx = self._split, self._ctx
-        prompts = [self.prompt(split, int(u), split.history(int(u), stage), ctx.llm.token_budget,
-                               ctx.llm.backbone.count_tokens) for u in split.users]
-        feats = ctx.llm.prompts.encode([p.text for p in prompts], ctx.progress, f"{self.name} {stage} prompts")
-        self._stage[stage] = prompts, torch.cat([torch.zeros(1, feats.shape[1]), feats])
-        return self._stage[stage]
+    # -- the task the shared training loop drives ------------------------------------------------------------
+    def parameters(self):
+        return list(self._towers.parameters())
 
-    @torch.no_grad()
-    def _refresh_items(self) -> None:
-        """Item-tower vectors of every item, computed once per evaluation instead of once per user chunk."""
-        self._item_vectors = self._towers.item(self._towers.item_feats)
+    def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
+        return self._towers.user(self._sample_feats[samples])
 
-    def _validate(self) -> float:
-        self._refresh_items()
-        return self._ctx.validate(self.score)
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self._towers.item(self._item_feats[items])
 
-    @torch.no_grad()
-    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        user_vectors = self._towers.user(self._stage_prompts(stage)[1][torch.as_tensor(users)])
-        return user_vectors @ self._item_vectors.T
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def stage_prompts(self, stage: str) -> list[FittedPrompt]:
+        """Every real user's ``stage`` prompt (index ``user - 1``), built on first use."""
+        if stage not in self._prompts:
+            split, llm = self._split, self._ctx.llm
+            self._prompts[stage] = [self.prompt(split, int(u), split.history(int(u), stage), llm.token_budget,
+                                                llm.backbone.count_tokens) for u in split.users]
+        return self._prompts[stage]
+
+    def stage_features(self, stage: str) -> torch.Tensor:
+        """``[n_users, width]`` pooled frozen features of every user's ``stage`` prompt (row 0: zeros), encoded
+        once: they do not change while the towers train."""
+        if stage not in self._features:
+            ctx = self._ctx
+            feats = ctx.llm.prompts.encode([p.text for p in self.stage_prompts(stage)], ctx.progress,
+                                           f"{self.name} {stage} prompts")
+            self._features[stage] = with_padding_row(feats)
+        return self._features[stage]
+
+    def user_vectors(self, stage: str) -> torch.Tensor:
+        return with_padding_row(self._towers.user(self.stage_features(stage)[1:]))
+
+    def all_item_vectors(self) -> torch.Tensor:
+        return self._towers.item(self._item_feats)
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
-        prompts = self._stage_prompts(stage)[0]
+        prompts = self.stage_prompts(stage)
         return [usage(int(u), prompts[int(u) - 1], len(self._split.history(int(u), stage))) for u in users]
 
     def trainable_parameters(self) -> int:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from bench.contract import SplitView, Workload, prompt_budget, rankings
-from bench.distributed import world
 from bench.registry import Context, register
 from bench.tokens import FittedPrompt
-from bench.training import count_training_samples, train_bpr, training_samples
+from bench.training import count_training_samples, select_samples, training_samples
+from paradigms._text import Heads
+from paradigms._two_tower import padded_rows
 from paradigms.id_direct import IDDirect
 from paradigms.id_translation import IDTranslation
-from paradigms.ra_rec import select_samples
 
 
 def adapted_copy(model: torch.nn.Module, rank: int, alpha: float, dropout: float, targets) -> torch.nn.Module:
@@ -40,15 +40,6 @@ def adapted_copy(model: torch.nn.Module, rank: int, alpha: float, dropout: float
     with warnings.catch_warnings():  # peft reads an attribute transformers deprecated: noise on every fit
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(copy.deepcopy(model), config)
-
-
-class _Heads(torch.nn.Module):
-    """The two linear towers over pooled backbone outputs."""
-
-    def __init__(self, width: int, dim: int):
-        super().__init__()
-        self.user = torch.nn.Linear(width, dim)
-        self.item = torch.nn.Linear(width, dim)
 
 
 class LoRAText:
@@ -82,7 +73,7 @@ class LoRAText:
         self.micro_batch = opts["micro_batch"]
         self._model = adapted_copy(llm.backbone.model, opts["rank"], opts["alpha"], opts["dropout"], opts["targets"])
         self._model.eval()  # no dropout in the backbone: the micro-batched step recomputes the same passes
-        self._towers = _Heads(llm.backbone.width, opts["dim"]).to(llm.backbone.device)
+        self._towers = Heads(llm.backbone.width, opts["dim"]).to(llm.backbone.device)
         users, lengths, targets = select_samples(split, opts, context.seed,
                                                  *training_samples(split, cfg["train.samples_per_user"]))
         self.train_prompts = [self.prompt(split, u, split.train_history(u)[:n], llm.token_budget,
@@ -91,10 +82,7 @@ class LoRAText:
         self._item_ids = self._tokenize(["" if i == 0 else self.item_text(split, i) for i in range(split.n_items)],
                                         llm.items.max_tokens)
         self._prompts: dict[str, list[FittedPrompt]] = {}
-        self._stage: dict[str, tuple[list[FittedPrompt], torch.Tensor]] = {}
-        self.info = train_bpr(self, targets, split.n_items, cfg, context.generator, self._validate,
-                              context.progress, desc=f"{self.name} fit")
-        self._refresh_items()
+        self.info = self.train_towers(targets, split.n_items, context)
 
     def _tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
         return self._ctx.llm.backbone.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
@@ -116,39 +104,25 @@ class LoRAText:
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self._towers.item(self._pooled([self._item_ids[int(i)] for i in items]))
 
-    # -- evaluation ----------------------------------------------------------------------------------------
+    # -- scoring: the adapted backbone's outputs change with training, so nothing is kept beyond the vectors ----
     @torch.no_grad()
     def _all_pooled(self, ids: list[list[int]]) -> torch.Tensor:
-        """[1 + len(ids), width] pooled outputs on the CPU (row 0: padding), each rank computing a share."""
-        step = self.micro_batch
+        """[1 + len(ids), width] pooled outputs (row 0: padding), on the backbone's device."""
+        backbone = self._ctx.llm.backbone
+        rows = padded_rows(lambda a, b: self._pooled(ids[a:b]), len(ids), self.micro_batch, backbone.width)
+        return rows.to(backbone.device)
 
-        def compute(first: int, stop: int) -> torch.Tensor:
-            return torch.cat([torch.zeros(0, self._ctx.llm.backbone.width)] + [
-                self._pooled(ids[s:min(s + step, stop)]).cpu() for s in range(first, stop, step)])
-
-        return torch.cat([torch.zeros(1, self._ctx.llm.backbone.width), world().map_rows(compute, len(ids))])
-
-    def _stage_prompts(self, stage: str) -> tuple[list[FittedPrompt], torch.Tensor]:
-        """Every user's ``stage`` prompt and its pooled adapted-backbone output (row 0: padding)."""
-        if stage not in self._stage:
-            if stage not in self._prompts:
-                split, llm = self._split, self._ctx.llm
-                self._prompts[stage] = [self.prompt(split, int(u), split.history(int(u), stage), llm.token_budget,
-                                                    llm.backbone.count_tokens) for u in split.users]
-            prompts = self._prompts[stage]
-            ids = self._tokenize([p.text for p in prompts], self._ctx.llm.token_budget)
-            self._stage[stage] = prompts, self._all_pooled(ids).to(self._ctx.llm.backbone.device)
-        return self._stage[stage]
+    def stage_features(self, stage: str) -> torch.Tensor:
+        """``[n_users, width]`` pooled adapted-backbone outputs of every user's ``stage`` prompt (row 0: zeros)."""
+        texts = [p.text for p in self.stage_prompts(stage)]
+        return self._all_pooled(self._tokenize(texts, self._ctx.llm.token_budget))
 
     @torch.no_grad()
-    def _refresh_items(self) -> None:
-        """Item vectors of every item and a fresh user side, after the adapters changed."""
-        self._stage = {}
-        self._item_vectors = self._towers.item(self._all_pooled(self._item_ids[1:]).to(self._ctx.llm.backbone.device))
+    def all_item_vectors(self) -> torch.Tensor:
+        return self._towers.item(self._all_pooled(self._item_ids[1:]))
 
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        with torch.no_grad():
-            return super().score(users, stage).cpu()
+        return super().score(users, stage).cpu()
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -16,7 +16,7 @@ As the paper's abstract and a public reading note of its method describe it (no 
   by ``score_temperature`` instead, for backbones with large hidden norms).
 * Loss: the shared BPR loop + ``l2`` x squared prefixes + ``infonce_weight`` x (InfoNCE_user + InfoNCE_item),
   InfoNCE at every layer between the pooled hidden states of the ID-carrying pass and of a text-only pass of
-  the same prompt (the latter is fixed, computed once per prompt and kept in float16).
+  the same prompt (the latter is fixed, computed once per prompt and kept in bfloat16).
 * Training data: optional denoising and diversity sampling, ``train_fraction`` of the samples.
 
 Only the projectors and instruction vectors train; backbone and ID encoder stay frozen. Training runs in
@@ -27,78 +27,17 @@ memory. Variants with other defaults: ``ra-rec-noid`` (instruction prefixes only
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.contract import SplitView, Workload, prompt_budget, rankings
-from bench.distributed import world
-from bench.errors import BenchError
 from bench.prefix_kv import attention_input_scales, prefixed
-from bench.registry import Context, Paradigm, TokenUsage, register
+from bench.registry import Context, TokenUsage, register
 from bench.soft_prompts import LayerProjectors
 from bench.tokens import fit_prompt
-from bench.training import count_training_samples, train_bpr, training_samples
-
-_STOPWORDS = frozenset("a an and the of for with in on to by from at is it its this that or as be".split())
-
-
-def title_words(title: str | None) -> frozenset[str]:
-    """Lower-case word set of a title without stop words (used by denoising)."""
-    if not title:
-        return frozenset()
-    return frozenset(w for w in re.findall(r"[a-z0-9]+", title.lower()) if w not in _STOPWORDS and len(w) > 1)
-
-
-def denoise(split: SplitView, users: np.ndarray, lengths: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Boolean mask of samples to keep: drop those whose target title shares no word with the history titles
-    (samples whose target has no title are kept)."""
-    words = [title_words(t) for t in split.titles]
-    keep = np.ones(len(targets), dtype=bool)
-    for s, (user, length, target) in enumerate(zip(users, lengths, targets)):
-        if not words[target]:
-            continue
-        history = split.train_history(int(user))[:length]
-        seen = frozenset().union(*(words[i] for i in history))
-        keep[s] = bool(words[target] & seen)
-    return keep
-
-
-def diversity_sample(lengths: np.ndarray, popularity: np.ndarray, size: int, rng: np.random.Generator,
-                     bins: int = 4) -> np.ndarray:
-    """Indices of ``size`` samples drawn as evenly as possible from the buckets of history-length quantile x
-    target-popularity quantile (``bins`` x ``bins`` buckets)."""
-    def quantile_bin(values: np.ndarray) -> np.ndarray:
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-        return np.searchsorted(edges, values, side="right")
-
-    bucket = quantile_bin(lengths) * (bins + 1) + quantile_bin(popularity)
-    groups = [rng.permutation(np.flatnonzero(bucket == b)) for b in np.unique(bucket)]
-    groups.sort(key=len)
-    chosen, remaining = [], size
-    for position, group in enumerate(groups):
-        share = min(len(group), remaining // (len(groups) - position))
-        chosen.append(group[:share])
-        remaining -= share
-    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
-
-
-def select_samples(split: SplitView, opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
-                   targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The training samples an RA-Rec paradigm trains on: denoised (``opts['denoise']``), then
-    ``opts['train_fraction']`` of them, drawn by diversity sampling (``opts['diversity']``) or uniformly."""
-    keep = denoise(split, users, lengths, targets) if opts["denoise"] else np.ones(len(targets), dtype=bool)
-    users, lengths, targets = users[keep], lengths[keep], targets[keep]
-    size = max(1, int(round(opts["train_fraction"] * len(targets))))
-    if size < len(targets):
-        rng = np.random.default_rng(seed)
-        index = diversity_sample(lengths, split.popularity[targets], size, rng) if opts["diversity"] \
-            else np.sort(rng.choice(len(targets), size, replace=False))
-        users, lengths, targets = users[index], lengths[index], targets[index]
-    return users, lengths, targets
-
+from bench.training import count_training_samples, select_samples, training_samples
+from paradigms._two_tower import SimilarityHead, TwoTower, padded_rows
 
 #: Activation budget of one backbone pass, in (sequences x tokens x layers x width): 64 prompts of 32 tokens
 #: through MiniLM (6 x 384). A training pass keeps about 50 bytes per unit for the backward pass.
@@ -143,22 +82,14 @@ class _Prefix(torch.nn.Module):
 class _Towers(torch.nn.Module):
     """The trainable prefixes of both towers and the frozen backbone they drive."""
 
-    def __init__(self, backbone, id_dim: int, options: dict):
+    def __init__(self, backbone, id_dim: int, options: dict, every_layer: bool, head: SimilarityHead):
         super().__init__()
-        if options["layers"] not in ("all", "input"):
-            raise BenchError(f"paradigms.ra-rec.layers must be 'all' or 'input', got {options['layers']!r}")
-        similarity = options["similarity"]
-        if similarity == "auto":
-            similarity = "cosine" if backbone.is_decoder else "dot"
-        if similarity not in ("dot", "cosine"):
-            raise BenchError(f"paradigms.ra-rec.similarity must be auto, dot or cosine, got {similarity!r}")
-        self.backbone, self.every_layer = backbone, options["layers"] == "all"
-        n = backbone.n_layers if self.every_layer else 1
+        self.backbone, self.every_layer, self.head = backbone, every_layer, head
+        n = backbone.n_layers if every_layer else 1
         shape = (n, id_dim, backbone.width, options["instruction_len"], options["rank"], options["ids"])
         self.user, self.item = _Prefix(*shape), _Prefix(*shape)
-        self.similarity = similarity
+        self.similarity = head.kind
         self.attention_mass: list | None = None  # a list here collects the prefix attention share per layer
-        self.cosine_scale = options["score_temperature"] ** -0.5 if similarity == "cosine" else None
         self.to(backbone.device)
 
     def calibrate(self, texts: list[str], user_reps: torch.Tensor, item_reps: torch.Tensor) -> None:
@@ -181,9 +112,7 @@ class _Towers(torch.nn.Module):
         ids, mask = self._pad(tokens)
         prefix = getattr(self, side)(reps, len(tokens))
         hidden = self._run(prefix, ids, mask, layers)
-        pooled = backbone.pool(hidden[-1], mask).float()
-        if self.cosine_scale is not None:
-            pooled = F.normalize(pooled, dim=-1) * self.cosine_scale  # dot products become cosine / temperature
+        pooled = self.head(backbone.pool(hidden[-1], mask).float())
         if not layers:
             return pooled
         return pooled, self._pool_layers(hidden, mask)
@@ -240,27 +169,30 @@ def info_nce(hybrid: torch.Tensor, text: torch.Tensor, keys: torch.Tensor, batch
 
 
 class _TextOnly:
-    """Text-only per-layer pooled states ``[L, d]`` of fixed prompts, computed on first use, kept in float16."""
+    """Text-only per-layer pooled states ``[L, d]`` of fixed prompts, computed on first use ``step`` prompts at a
+    time and kept in bfloat16: half of float32's memory with float32's range (float16 overflowed to inf on
+    decoders' outlier dimensions, which made InfoNCE NaN); InfoNCE normalises them, so 3 digits suffice."""
 
-    def __init__(self, count: int, compute):
-        self._compute, self._count = compute, count
+    def __init__(self, count: int, compute, step: int):
+        self._compute, self._count, self._step = compute, count, step
         self._store: torch.Tensor | None = None
         self._done = torch.zeros(count, dtype=torch.bool)
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         missing = index[~self._done[index]].unique()
-        if len(missing):
+        for start in range(0, len(missing), self._step):
+            part = missing[start:start + self._step]
             with torch.no_grad():
-                fresh = self._compute(missing).cpu()                      # [L, m, d]
+                fresh = self._compute(part).cpu()                         # [L, m, d]
             if self._store is None:
-                self._store = torch.zeros(fresh.shape[0], self._count, fresh.shape[2], dtype=torch.float16)
-            self._store[:, missing] = fresh.half()
-            self._done[missing] = True
+                self._store = torch.zeros(fresh.shape[0], self._count, fresh.shape[2], dtype=torch.bfloat16)
+            self._store[:, part] = fresh.to(torch.bfloat16)
+            self._done[part] = True
         return self._store[:, index].float()
 
 
 @register("ra-rec")
-class RARec(Paradigm):
+class RARec(TwoTower):
     """RA-Rec: the encoder's user and item representations as prefix keys/values of every layer (see the module
     docstring)."""
 
@@ -294,7 +226,6 @@ class RARec(Paradigm):
     search_space = {"learning_rate": ("float", 1e-3, 1e-1, "log"), "warmup_steps": ("choice", [0, 20, 100]),
                     "infonce_weight": ("choice", [0.0, 0.01, 0.1, 0.5]),
                     "train.samples_per_user": ("int", 1, 20, "log")}
-    row_aux = True
 
     @classmethod
     def workload(cls, split: SplitView, config, options) -> Workload:
@@ -323,7 +254,9 @@ class RARec(Paradigm):
         backbone, encoder = context.llm.backbone, context.encoder
         self.micro_batch = opts["micro_batch"] or auto_micro_batch(backbone, self._prompt_budget())
         self._item_reps = encoder.item_embeddings.float()
-        self._towers = _Towers(backbone, self._item_reps.shape[1], opts)
+        every_layer = self.option(opts, "layers", ("all", "input")) == "all"
+        self._towers = _Towers(backbone, self._item_reps.shape[1], opts, every_layer,
+                               self.similarity_head(opts, backbone))
         self._item_tokens = self._tokenize([split.title(i) for i in range(split.n_items)],
                                            context.llm.items.max_tokens)
         users, lengths, targets = select_samples(split, opts, context.seed,
@@ -336,16 +269,16 @@ class RARec(Paradigm):
         self._towers.calibrate([opts["hard_prompt"], *titles],
                                self._sample_reps[:1024], self._item_reps[1:1025])
         towers = self._towers
-        self._text = {"sample": _TextOnly(len(targets), lambda s: towers.text_only(self._tokens("sample", s))),
-                      "item": _TextOnly(split.n_items, lambda i: towers.text_only(self._tokens("item", i)))}
+        self._text = {"sample": _TextOnly(len(targets), lambda s: towers.text_only(self._tokens("sample", s)),
+                                          self.micro_batch),
+                      "item": _TextOnly(split.n_items, lambda i: towers.text_only(self._tokens("item", i)),
+                                        self.micro_batch)}
         self.info = {"trained": False, "micro_batch": self.micro_batch,
                      "similarity": self._towers.similarity}
         if opts["trained"]:
-            info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
-                             context.progress, desc=f"{self.name} fit", learning_rate=opts["learning_rate"],
-                             warmup_steps=opts["warmup_steps"])
+            info = self.train_towers(targets, split.n_items, context, learning_rate=opts["learning_rate"],
+                                     warmup_steps=opts["warmup_steps"])
             self.info = {**info, **self.info, "trained": True}
-        self._items, self._users = self._item_vectors(), {}
 
     def _tokenize(self, texts: list[str], max_tokens: int) -> list[list[int]]:
         return self._ctx.llm.backbone.tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]
@@ -372,66 +305,48 @@ class RARec(Paradigm):
     def parameters(self):
         return [p for p in self._towers.parameters() if p.requires_grad]
 
-    def sample_vectors(self, samples: torch.Tensor, aux: torch.Tensor | None = None):
-        return self._side("user", self._sample_reps[samples], self._tokens("sample", samples), samples, aux)
+    def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
+        return self._towers("user", self._sample_reps[samples], self._tokens("sample", samples))
 
-    def item_vectors(self, items: torch.Tensor, aux: torch.Tensor | None = None):
-        return self._side("item", self._item_reps[items.to(self._item_reps.device)], self._tokens("item", items),
-                          items, aux)
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        return self._towers("item", self._item_reps[items.to(self._item_reps.device)], self._tokens("item", items))
 
-    def _side(self, side: str, reps: torch.Tensor, tokens: list[list[int]], keys: torch.Tensor,
-              batch: torch.Tensor | None):
-        """Vectors of one tower; with ``batch`` (the whole batch's ids), also each row's auxiliary loss
-        (InfoNCE over layers against the batch's text-only states, L2)."""
+    def training_vectors(self, side: str, ids: torch.Tensor, batch: torch.Tensor):
+        """Vectors of one tower and each row's auxiliary loss: InfoNCE over layers against the batch's text-only
+        states, and L2 of the projected ID prefixes."""
         opts = self._ctx.options
-        if batch is None:
-            return self._towers(side, reps, tokens)
+        if side == "user":
+            reps, tokens, text = self._sample_reps[ids], self._tokens("sample", ids), self._text["sample"]
+        else:
+            reps, tokens, text = self._item_reps[ids.to(self._item_reps.device)], self._tokens("item", ids), \
+                self._text["item"]
         vectors, layers = self._towers(side, reps, tokens, layers=True)
         rows = torch.zeros(len(tokens), device=vectors.device)
         if opts["infonce_weight"] > 0:
-            text = self._text["sample" if side == "user" else "item"](batch)
-            rows = rows + opts["infonce_weight"] * info_nce(layers, text, keys, batch, opts["temperature"])
+            rows = rows + opts["infonce_weight"] * info_nce(layers, text(batch), ids, batch, opts["temperature"])
         prefix = getattr(self._towers, side).projector
         if opts["l2"] > 0 and prefix is not None:
             rows = rows + opts["l2"] * prefix(reps).pow(2).sum(dim=(0, 2))
         return vectors, rows
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _batched(self, side: str, reps: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
-        """[1 + len(tokens), d] vectors in micro-batches (row 0: padding, zeros); in a distributed run each rank
-        computes a contiguous share of the rows."""
-        step = self.micro_batch
-
-        def compute(first: int, stop: int) -> torch.Tensor:
-            return torch.cat([torch.zeros(0, self._ctx.llm.backbone.width)] + [
-                self._towers(side, reps[s:min(s + step, stop)], tokens[s:min(s + step, stop)]).cpu()
-                for s in range(first, stop, step)])
-
-        return torch.cat([torch.zeros(1, self._ctx.llm.backbone.width), world().map_rows(compute, len(tokens))])
-
     def _prompts(self, stage: str) -> list:
         """Every user's ``stage`` prompt (fitted text, token ids), built on first use."""
         if stage not in self._stage_prompts:
             self._stage_prompts[stage] = [self._prompt(self._split.history(int(u), stage)) for u in self._split.users]
         return self._stage_prompts[stage]
 
-    def _user_vectors(self, stage: str) -> torch.Tensor:
+    def _all_vectors(self, side: str, reps: torch.Tensor, tokens: list[list[int]]) -> torch.Tensor:
+        """``[1 + len(tokens), d]`` vectors of one tower (row 0: padding), ``micro_batch`` prompts per pass."""
+        return padded_rows(lambda a, b: self._towers(side, reps[a:b], tokens[a:b]), len(tokens), self.micro_batch,
+                           self._ctx.llm.backbone.width)
+
+    def user_vectors(self, stage: str) -> torch.Tensor:
         reps = self._ctx.encoder.stage_representations(self._split, stage)[1:].float()
-        return self._batched("user", reps, [p[1] for p in self._prompts(stage)])
+        return self._all_vectors("user", reps, [p[1] for p in self._prompts(stage)])
 
-    def _item_vectors(self) -> torch.Tensor:
-        return self._batched("item", self._item_reps[1:], self._item_tokens[1:])
-
-    def _validate(self) -> float:
-        self._users, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
-        return self._ctx.validate(self.score)
-
-    @torch.no_grad()
-    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        if stage not in self._users:
-            self._users[stage] = self._user_vectors(stage)
-        return self._users[stage][torch.as_tensor(users)] @ self._items.T
+    def all_item_vectors(self) -> torch.Tensor:
+        return self._all_vectors("item", self._item_reps[1:], self._item_tokens[1:])
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
         read = self._ctx.encoder.max_seq_len if self._ctx.options["ids"] else 0

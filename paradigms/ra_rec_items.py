@@ -22,27 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from bench.contract import SplitView
-from bench.errors import BenchError
-from bench.registry import Context, Paradigm, TokenUsage, register
+from bench.registry import Context, TokenUsage, register
 from bench.soft_prompts import LayerProjectors, block_input_scales, injected
-from bench.training import train_bpr, training_samples
-from paradigms.ra_rec import select_samples
+from bench.training import select_samples, training_samples
+from paradigms._two_tower import SimilarityHead, TwoTower, padded_rows
+
 
 class _Aligner(torch.nn.Module):
     """The trainable part (projectors, instruction) and the frozen pieces it drives."""
 
-    def __init__(self, backbone, id_embeddings: torch.Tensor, options: dict):
+    def __init__(self, backbone, id_embeddings: torch.Tensor, options: dict, n_inject: int, head: SimilarityHead):
         super().__init__()
-        self.backbone = backbone
-        n_inject = backbone.n_layers if options["layers"] == "all" else 1
-        if options["layers"] not in ("all", "input"):
-            raise BenchError(f"paradigms.ra-rec.layers must be 'all' or 'input', got {options['layers']!r}")
+        self.backbone, self.head = backbone, head
         self.projectors = LayerProjectors(n_inject, id_embeddings.shape[1], backbone.width, options["rank"])
         m = options["instruction_len"]
         self.instruction = torch.nn.Parameter(torch.randn(n_inject, m, backbone.width)) if m else None
-        if options["similarity"] not in ("dot", "cosine"):
-            raise BenchError(f"paradigms.ra-rec.similarity must be 'dot' or 'cosine', got {options['similarity']!r}")
-        self.cosine_scale = options["score_temperature"] ** -0.5 if options["similarity"] == "cosine" else None
         self.register_buffer("id_embeddings", id_embeddings.float(), persistent=False)
         self.to(backbone.device)
 
@@ -97,14 +91,11 @@ class _Aligner(torch.nn.Module):
         prefixes += [None] * (self.backbone.n_layers - len(prefixes))
         with injected(self.backbone.blocks, prefixes):
             hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        pooled = self.backbone.pool(hidden, mask).float()
-        if self.cosine_scale is None:
-            return pooled
-        return F.normalize(pooled, dim=-1) * self.cosine_scale  # dot products become cosine / temperature
+        return self.head(self.backbone.pool(hidden, mask).float())
 
 
 @register("ra-rec-items")
-class RARecItems(Paradigm):
+class RARecItems(TwoTower):
     """RA-Rec, earlier reading: one soft vector per history item in every layer (see the module docstring)."""
 
     version = "1"
@@ -118,14 +109,16 @@ class RARecItems(Paradigm):
         "rank": None,               # shared low-rank factor of the projectors (None = full rank)
         "infonce_weight": 0.1,      # lambda of the InfoNCE alignment loss (0 = off)
         "temperature": 0.1,         # InfoNCE temperature
-        "similarity": "dot",        # two-tower score: dot (raw pooled outputs) or cosine / score_temperature
-        "score_temperature": 0.1,   # (scale-robust for backbones with large hidden norms, e.g. SmolLM2)
+        "similarity": "dot",        # two-tower score: dot (raw pooled outputs), cosine / score_temperature
+        "score_temperature": 0.1,   #   (scale-robust for large hidden norms, e.g. SmolLM2) or auto (cosine for
+                                    #   decoders, dot for encoders)
         "max_history": 20,          # soft positions at most (most recent items), also capped by the token budget
         "hard_prompt": "Recommend the next item for this user.",
         "denoise": False,           # drop samples whose target title shares no word with the history titles
         "diversity": False,         # sample evenly over history-length x target-popularity buckets
         "train_fraction": 1.0,      # share of the training samples to train on
-        "micro_batch": 64,          # sequences per backbone pass when computing evaluation vectors
+        "micro_batch": 64,          # sequences per backbone pass, in training steps (exact whole-batch gradients)
+                                    #   and when computing evaluation vectors
     }
     search_space = {"train.learning_rate": ("float", 1e-4, 1e-2, "log"),
                     "train.samples_per_user": ("int", 1, 20, "log")}
@@ -133,7 +126,10 @@ class RARecItems(Paradigm):
     def fit(self, split: SplitView, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options
         llm = context.llm
-        self._aligner = _Aligner(llm.backbone, context.encoder.item_embeddings.cpu(), opts)
+        self.micro_batch = opts["micro_batch"]
+        n_inject = llm.backbone.n_layers if self.option(opts, "layers", ("all", "input")) == "all" else 1
+        self._aligner = _Aligner(llm.backbone, context.encoder.item_embeddings.cpu(), opts, n_inject,
+                                 self.similarity_head(opts, llm.backbone))
         tokenizer = llm.backbone.tokenizer
         self._hard = tokenizer(opts["hard_prompt"])["input_ids"]
         titles = [split.title(i) for i in range(split.n_items)]
@@ -144,11 +140,7 @@ class RARecItems(Paradigm):
         users, lengths, targets = select_samples(split, opts, context.seed,
                                                  *training_samples(split, context.config["train.samples_per_user"]))
         self._samples = (users, lengths)
-        extra = self._infonce if opts["infonce_weight"] > 0 else None
-        info = train_bpr(self, targets, split.n_items, context.config, context.generator, self._validate,
-                         context.progress, extra_loss=extra, desc=f"{self.name} fit")
-        self.info = info
-        self._vectors, self._items = {}, self._item_vectors()
+        self.info = self.train_towers(targets, split.n_items, context)
 
     # -- the task the shared training loop drives ------------------------------------------------------------
     def parameters(self):
@@ -160,54 +152,41 @@ class RARecItems(Paradigm):
         keep = max(0, min(len(history), self._ctx.options["max_history"], room))
         return [int(i) for i in history[len(history) - keep:]]
 
+    def _soft_prompts(self, histories: list[np.ndarray]) -> torch.Tensor:
+        return self._aligner([self.soft_history(h) for h in histories], [self._hard] * len(histories))
+
     def sample_vectors(self, samples: torch.Tensor) -> torch.Tensor:
         users, lengths = self._samples
-        histories = [self._split.train_history(int(users[s]))[:int(lengths[s])] for s in samples]
-        return self._aligner([self.soft_history(h) for h in histories], [self._hard] * len(histories))
+        return self._soft_prompts([self._split.train_history(int(users[s]))[:int(lengths[s])] for s in samples])
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         return self._aligner([[int(i)] for i in items], [self._titles[int(i)] for i in items])
 
-    def _infonce(self, items: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-        unique, inverse = torch.unique(items, return_inverse=True)
-        first = torch.full((len(unique),), len(items), dtype=torch.long)
-        first = first.scatter_reduce(0, inverse, torch.arange(len(items)), "amin")
-        hybrid = F.normalize(vectors[first], dim=-1)
-        text = F.normalize(self._text_only[unique].to(hybrid.device), dim=-1)
-        logits = hybrid @ text.T / self._ctx.options["temperature"]
-        labels = torch.arange(len(unique), device=logits.device)
-        return self._ctx.options["infonce_weight"] * F.cross_entropy(logits, labels)
+    def training_vectors(self, side: str, ids: torch.Tensor, batch: torch.Tensor):
+        """Item rows carry ``infonce_weight`` x InfoNCE between an item's hybrid vector and the text-only title
+        features of the batch's distinct items: a mean over distinct items, so a row of an item that occurs c
+        times in the batch carries 1/c of its item's term (its c rows have the same vector)."""
+        vectors, _ = super().training_vectors(side, ids, batch)
+        weight = self._ctx.options["infonce_weight"]
+        if side == "user" or weight <= 0:
+            return vectors, None
+        unique, counts = torch.unique(batch, return_counts=True)
+        text = F.normalize(self._text_only[unique].to(vectors.device), dim=-1)
+        logits = F.normalize(vectors, dim=-1) @ text.T / self._ctx.options["temperature"]
+        own = torch.searchsorted(unique, ids)
+        per_item = F.cross_entropy(logits, own.to(logits.device), reduction="none") / counts[own].to(logits.device)
+        return vectors, weight * per_item * len(batch) / len(unique)
 
-    # -- evaluation ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _user_vectors(self, stage: str) -> torch.Tensor:
-        split, step = self._split, self._ctx.options["micro_batch"]
-        rows = [torch.zeros(1, self._ctx.llm.backbone.width)]
+    # -- scoring -------------------------------------------------------------------------------------------
+    def user_vectors(self, stage: str) -> torch.Tensor:
+        split = self._split
         users = split.users
-        for start in range(0, len(users), step):
-            chunk = users[start:start + step]
-            soft = [self.soft_history(split.history(int(u), stage)) for u in chunk]
-            rows.append(self._aligner(soft, [self._hard] * len(chunk)).cpu())
-        return torch.cat(rows)
+        return padded_rows(lambda a, b: self._soft_prompts([split.history(int(u), stage) for u in users[a:b]]),
+                           len(users), self.micro_batch, self._ctx.llm.backbone.width)
 
-    @torch.no_grad()
-    def _item_vectors(self) -> torch.Tensor:
-        step = self._ctx.options["micro_batch"]
-        rows = [torch.zeros(1, self._ctx.llm.backbone.width)]
-        for start in range(1, self._split.n_items, step):
-            items = torch.arange(start, min(start + step, self._split.n_items))
-            rows.append(self.item_vectors(items).cpu())
-        return torch.cat(rows)
-
-    def _validate(self) -> float:
-        self._vectors, self._items = {"valid": self._user_vectors("valid")}, self._item_vectors()
-        return self._ctx.validate(self.score)
-
-    @torch.no_grad()
-    def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
-        if stage not in self._vectors:
-            self._vectors[stage] = self._user_vectors(stage)
-        return self._vectors[stage][torch.as_tensor(users)] @ self._items.T
+    def all_item_vectors(self) -> torch.Tensor:
+        return padded_rows(lambda a, b: self.item_vectors(torch.arange(a + 1, b + 1)), self._split.n_items - 1,
+                           self.micro_batch, self._ctx.llm.backbone.width)
 
     def token_usage(self, users: np.ndarray, stage: str) -> list[TokenUsage]:
         rows = []

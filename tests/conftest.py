@@ -90,8 +90,8 @@ def assert_no_prompt_leak(paradigm, test_marker: str, valid_marker: str) -> None
     """A fitted text paradigm's training and validation prompts hold neither marker; every test-stage prompt holds
     the validation item (test-stage history) exactly once and never the test item."""
     train_texts = [p.text for p in paradigm.train_prompts]
-    valid_texts = [p.text for p in paradigm._stage_prompts("valid")[0]]
-    test_texts = [p.text for p in paradigm._stage_prompts("test")[0]]
+    valid_texts = [p.text for p in paradigm.stage_prompts("valid")]
+    test_texts = [p.text for p in paradigm.stage_prompts("test")]
     assert len(train_texts) > 0
     assert not any(test_marker in t or valid_marker in t for t in train_texts + valid_texts)
     assert all(test_marker not in t and t.count(valid_marker) == 1 for t in test_texts)

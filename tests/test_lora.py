@@ -87,7 +87,7 @@ def test_a_train_fraction_trains_on_the_samples_ra_rec_draws(canary_data, cache_
     workload counts them."""
     from bench import registry
     from bench.training import training_samples
-    from paradigms.ra_rec import select_samples
+    from bench.training import select_samples
 
     cfg = load_config("smoke", overrides=[{"data": {"dataset": "birds", "data_dir": str(canary_data)},
                                            "cache_dir": str(cache_root)}, "train.epochs=1", "data.max_users=30",

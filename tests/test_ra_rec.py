@@ -12,8 +12,8 @@ from bench.features import FeatureStore, FrozenLLM
 from bench.llm import BACKBONES, Backbone, _package_file
 from bench.registry import Context
 from bench.split import build_split
-from bench.training import bpr_loss
-from paradigms.ra_rec import denoise, diversity_sample, info_nce
+from bench.training import bpr_loss, denoise, diversity_sample
+from paradigms.ra_rec import info_nce
 from paradigms.ra_rec_items import RARecItems
 
 VARIANTS = ["ra-rec", "ra-rec-input", "ra-rec-items", "ra-rec-noid", "ra-rec-noinfonce", "ra-rec-noinst",
@@ -74,8 +74,8 @@ def test_gradients_reach_exactly_the_prefixes_of_both_towers(setup):
                 towers.item.projector.weight, towers.item.projector.bias, towers.item.instruction}
     assert {id(p) for p in paradigm.parameters()} == {id(p) for p in expected}
     samples, items = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3])
-    user, user_rows = paradigm.sample_vectors(samples, aux=samples)
-    items, item_rows = paradigm.item_vectors(items, aux=items)
+    user, user_rows = paradigm.training_vectors("user", samples, samples)
+    items, item_rows = paradigm.training_vectors("item", items, items)
     assert user_rows.shape == (3,) and item_rows.shape == (3,) and (user_rows > 0).all()
     (bpr_loss(user, items, items) + user_rows.mean() + item_rows.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in expected)
@@ -134,7 +134,7 @@ def test_variants_are_the_same_family_with_other_defaults(setup):
     assert untrained.info["trained"] is False and "history" not in untrained.info
     assert untrained.trainable_parameters() == 0
     full = _fit(setup)  # its epoch 0 is exactly the untrained variant (same seed, same initialisation)
-    untrained._users["valid"] = untrained._user_vectors("valid")
+    untrained.invalidate()
     start = validation_ndcg(setup[1], untrained.score, setup[0])
     assert full.info["history"][0]["valid_ndcg@10"] == pytest.approx(start, abs=1e-12)
 
@@ -167,8 +167,9 @@ def test_cosine_similarity_is_blind_to_the_backbone_output_scale(setup):
         finally:
             backbone.pool = pool
     assert paradigm.info["similarity"] == "cosine" and _fit(setup).info["similarity"] == "dot"  # auto, encoder
-    with pytest.raises(Exception, match="similarity must be auto, dot or cosine"):
-        _fit(setup, similarity="l2")
+    for name in ("ra-rec", "ra-rec-items"):  # one check, naming the paradigm's own key
+        with pytest.raises(Exception, match=rf"'paradigms.{name}.similarity' must be one of auto, dot, cosine"):
+            _fit(setup, name, similarity="l2")
 
 
 def test_training_sample_selection(setup):
@@ -194,8 +195,8 @@ def test_items_reading_gradients_reach_exactly_projectors_and_instruction(setup)
     assert {id(p) for p in trainable} == {id(paradigm._aligner.projectors.weight),
                                           id(paradigm._aligner.projectors.bias), id(paradigm._aligner.instruction)}
     user = paradigm.sample_vectors(torch.tensor([0, 1]))
-    items = paradigm.item_vectors(torch.tensor([1, 2]))
-    (bpr_loss(user, items, items) + paradigm._infonce(torch.tensor([1, 2]), items)).backward()
+    items, rows = paradigm.training_vectors("item", torch.tensor([1, 2]), torch.tensor([1, 2]))
+    (bpr_loss(user, items, items) + rows.mean()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
     assert all(p.grad is None for p in llm.backbone.model.parameters())
 
@@ -291,3 +292,55 @@ def test_no_validation_or_test_item_reaches_training_inputs(birds, cache_root, n
     assert len(training_histories) == len(texts)
     assert all(canary not in h and validbird not in h for h in training_histories + valid_histories)
     assert all(canary not in h and h.count(validbird) == 1 for h in test_histories)
+
+
+# -- the two-tower base: vectors the harness invalidates, bounded passes, stored states ---------------------------
+@pytest.mark.parametrize("name", ["ra-rec", "ra-rec-items"])
+def test_the_harness_invalidates_cached_vectors_before_each_validation(setup, name):
+    """A validation after the parameters changed scores with new vectors, without the paradigm refreshing any
+    cache itself (each copy used to refresh its own, where stale-cache bugs hid)."""
+    cfg, split = setup[0], setup[1]
+    paradigm = _fit(setup, name)
+    users = split.users[:5]
+    before = paradigm.score(users, "valid").clone()
+    with torch.no_grad():
+        for p in paradigm.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    assert torch.equal(paradigm.score(users, "valid"), before)  # cached: no validation happened
+    seen = []
+
+    def refit(view, context):  # what a training loop does after an epoch: ask the harness to validate
+        seen.append(paradigm.score(users, "valid").clone())
+        context.validate(paradigm.score)
+        seen.append(paradigm.score(users, "valid").clone())
+
+    paradigm.fit = refit
+    fit_paradigm(paradigm, split, Context(config=cfg, options={}, seed=0, device=torch.device("cpu"),
+                                          cache_dir=None))
+    assert torch.equal(seen[0], before) and not torch.equal(seen[1], before)
+
+
+def test_items_reading_trains_in_micro_batches(setup):
+    """ra-rec-items honours micro_batch in training steps: no backbone pass holds more sequences."""
+    paradigm = _fit(setup, "ra-rec-items", micro_batch=7)
+    sizes = []
+    original = paradigm._aligner.forward
+    paradigm._aligner.forward = lambda soft, hard: sizes.append(len(soft)) or original(soft, hard)
+    from bench.training import _step
+    _step(paradigm, torch.arange(16), torch.arange(1, 17), torch.arange(20, 30))
+    assert sizes and max(sizes) <= 7
+
+
+def test_text_only_states_cannot_overflow_and_are_computed_in_micro_batches():
+    """Decoder outliers beyond float16's range (65504) used to become inf and make InfoNCE NaN."""
+    from paradigms.ra_rec import _TextOnly
+    calls = []
+
+    def compute(index):
+        calls.append(len(index))
+        return torch.full((2, len(index), 3), 1e6)
+
+    store = _TextOnly(10, compute, step=3)
+    states = store(torch.arange(10))
+    assert torch.isfinite(states).all() and torch.allclose(states, torch.full_like(states, 1e6), rtol=1e-2)
+    assert max(calls) <= 3

@@ -43,7 +43,7 @@ def test_token_usage_respects_the_budget(fitted, name):
     for row in rows:
         assert row.hard_tokens <= llm.token_budget and row.soft_tokens == 0
         assert 0 <= row.history_kept <= row.history_len == len(split.history(row.user, "test"))
-        prompt = paradigms[name]._stage_prompts("test")[0][row.user - 1]
+        prompt = paradigms[name].stage_prompts("test")[row.user - 1]
         assert row.hard_tokens == llm.backbone.count_tokens(prompt.text)
     assert any(r.history_kept < r.history_len for r in rows)  # 64 tokens cannot hold long histories
 

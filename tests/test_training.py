@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from bench.config import load_config
-from bench.training import _chunked_step, _step, train_bpr
+from bench.training import TrainingTask, _chunked_step, _step, train_bpr
 
 
-class LinearTask(torch.nn.Module):
-    """Towers of two embedding tables; validation is scripted (a list of scores, one per call)."""
+class LinearTask(torch.nn.Module, TrainingTask):
+    """Towers of two embedding tables; validation is scripted (a list of scores, one per call). With ``row_aux``
+    every training row also carries an auxiliary loss that reads the whole batch (as constants)."""
 
     def __init__(self, n_samples=40, n_items=30, dim=8, row_aux=False):
         super().__init__()
@@ -18,16 +19,20 @@ class LinearTask(torch.nn.Module):
         self.items = torch.nn.Embedding(n_items, dim)
         self.row_aux = row_aux
 
-    def sample_vectors(self, samples, aux=None):
-        vectors = self.users(samples)
-        if aux is None:
-            return vectors
-        batch = self.users(aux)  # row losses may depend on the whole batch (as constants)
-        return vectors, vectors.pow(2).sum(-1) + (vectors @ batch.detach().T).logsumexp(-1)
+    def sample_vectors(self, samples):
+        return self.users(samples)
 
-    def item_vectors(self, items, aux=None):
-        vectors = self.items(items)
-        return (vectors, 0.5 * vectors.abs().sum(-1)) if aux is not None else vectors
+    def item_vectors(self, items):
+        return self.items(items)
+
+    def training_vectors(self, side, ids, batch):
+        vectors, _ = super().training_vectors(side, ids, batch)
+        if not self.row_aux:
+            return vectors, None
+        if side == "item":
+            return vectors, 0.5 * vectors.abs().sum(-1)
+        whole = self.users(batch)
+        return vectors, vectors.pow(2).sum(-1) + (vectors @ whole.detach().T).logsumexp(-1)
 
 
 def _cfg(epochs=5, stopping=2, batch=16):
@@ -73,7 +78,7 @@ def test_zero_epochs_only_validates_the_start():
 def test_micro_batched_step_gives_the_whole_batch_gradient(row_aux):
     task = LinearTask(row_aux=row_aux)
     samples, positives, negatives = torch.arange(16), torch.arange(1, 17) % 29 + 1, torch.tensor([3, 5, 7, 9, 11])
-    whole = _step(task, samples, positives, negatives, None)
+    whole = _step(task, samples, positives, negatives)
     expected = [p.grad.clone() for p in task.parameters()]
     task.zero_grad()
     chunked = _chunked_step(task, samples, positives, negatives, step=5)
@@ -98,3 +103,24 @@ def test_learning_rate_override_and_warm_up():
     finally:
         torch.optim.Adam.step = original
     assert seen == pytest.approx([0.01, 0.02, 0.03])  # 3 batches of 16 over 40 samples, still warming up
+
+
+def test_micro_batch_is_read_from_the_task_contract():
+    """``micro_batch`` on the task decides whether a step is micro-batched: same loss and gradients either way."""
+    task = LinearTask(row_aux=True)
+    samples, positives, negatives = torch.arange(16), torch.arange(1, 17) % 29 + 1, torch.tensor([3, 5, 7, 9, 11])
+    whole = _step(task, samples, positives, negatives)
+    expected = [p.grad.clone() for p in task.parameters()]
+    task.zero_grad()
+    task.micro_batch = 4
+    assert _step(task, samples, positives, negatives) == pytest.approx(whole, rel=1e-5)
+    assert all(torch.allclose(g, p.grad, atol=1e-6) for g, p in zip(expected, task.parameters()))
+
+
+def test_a_task_outside_the_contract_is_refused():
+    class Untyped(torch.nn.Module):
+        def sample_vectors(self, samples):
+            return samples
+
+    with pytest.raises(TypeError, match="TrainingTask"):
+        train_bpr(Untyped(), np.arange(4), 5, _cfg(epochs=0), torch.Generator(), lambda: 0.0)
