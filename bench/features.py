@@ -37,7 +37,7 @@ class FeatureStore:
     def __init__(self, backbone: Backbone, cache_root: Path, max_tokens: int, batch_size: int = 32):
         self.backbone, self.max_tokens, self.batch_size = backbone, max_tokens, batch_size
         self.key = stable_hash({"backbone": backbone.fingerprint, "pooling": backbone.pooling,
-                                "max_tokens": max_tokens, "dtype": str(next(backbone.model.parameters()).dtype)},
+                                "max_tokens": max_tokens, "dtype": str(backbone.dtype)},
                                16)
         self.root = Path(cache_root) / "features" / self.key
         self._known: dict[str, torch.Tensor] | None = None

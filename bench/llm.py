@@ -12,6 +12,7 @@ token for decoders.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -75,9 +76,21 @@ def context_window(config, tokenizer) -> int:
     return min(valid) if valid else 512
 
 
+class Precision(NamedTuple):
+    """How a backbone computes: ``weights`` is the dtype its parameters are stored in, ``compute`` the dtype its
+    passes run in (bfloat16 over float32 weights means ``torch.autocast``), ``reason`` why (for the manifest)."""
+
+    weights: torch.dtype
+    compute: torch.dtype
+    reason: str
+
+
 @dataclass(eq=False)
 class Backbone:
-    """A frozen transformer plus its tokenizer. ``encode`` returns pooled features ``[n, width]`` (float32, CPU)."""
+    """A frozen transformer plus its tokenizer. ``encode`` returns pooled features ``[n, width]`` (float32, CPU).
+
+    Every pass through ``model`` belongs inside ``with backbone.autocast():`` (it runs the passes in
+    ``precision.compute``); pooling and everything after it stay float32."""
 
     name: str
     model: torch.nn.Module
@@ -85,6 +98,24 @@ class Backbone:
     is_decoder: bool
     fingerprint: str
     forward_calls: int = field(default=0)
+    precision: Precision = field(default=None)  # None: the model's own parameter dtype, no autocast
+
+    def __post_init__(self):
+        if self.precision is None:
+            dtype = next(self.model.parameters()).dtype
+            self.precision = Precision(dtype, dtype, "the model's own dtype")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the backbone's passes compute in."""
+        return self.precision.compute
+
+    def autocast(self):
+        """A context in which the model's passes run in ``precision.compute``: ``torch.autocast`` when that
+        differs from the weights' dtype (bfloat16 passes over float32 weights on a CPU), else nothing."""
+        if self.precision.compute == self.precision.weights:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.compute)
 
     @property
     def blocks(self) -> torch.nn.ModuleList:
@@ -111,8 +142,9 @@ class Backbone:
         return next(self.model.parameters()).device
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[b, L, d] hidden states and [b, L] attention mask -> [b, d]: the mean over real positions
+        """[b, L, d] hidden states and [b, L] attention mask -> [b, d] float32: the mean over real positions
         (encoders) or the last real position (decoders; masked gaps before it are allowed)."""
+        hidden = hidden.float()  # summing in bfloat16 costs about 10x the error of upcasting first
         if self.is_decoder:
             positions = torch.arange(mask.shape[1], device=mask.device)
             last = (mask.long() * positions).argmax(dim=1)
@@ -140,7 +172,8 @@ class Backbone:
                 index = order[start:start + batch_size]
                 chunk = {"input_ids": [ids[i] for i in index]}
                 batch = self.tokenizer.pad(chunk, return_tensors="pt").to(self.device)
-                hidden = self.model(**batch).last_hidden_state
+                with self.autocast():
+                    hidden = self.model(**batch).last_hidden_state
                 self.forward_calls += 1
                 out[index] = self.pool(hidden, batch["attention_mask"]).float().cpu()
                 bar.update(len(index))
@@ -164,13 +197,37 @@ def _freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> float32 on CPU, bfloat16 on CUDA; else the named torch dtype."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in ("float32", "bfloat16", "float16"):
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively: the ``avx512_bf16`` or ``amx_bf16`` flag
+    in ``/proc/cpuinfo`` (Linux; elsewhere False, so float32). Without them bfloat16 is emulated and slower."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> Precision:
+    """The :class:`Precision` of ``llm.dtype`` on ``device``.
+
+    ``auto``: bfloat16 on CUDA (weights stored in bfloat16); on a CPU with native bfloat16
+    (:func:`cpu_has_native_bfloat16`) float32 weights with bfloat16 passes under ``torch.autocast`` (weights
+    cast to bfloat16 are no faster for forward + backward there); float32 elsewhere. ``bfloat16`` follows the same
+    layout per device; ``float32`` and ``float16`` store and compute in that dtype.
+    """
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise BenchError(f"config key 'llm.dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    return getattr(torch, dtype)
+    bf16 = torch.bfloat16
+    if dtype == "auto":
+        if device.type == "cuda":
+            return Precision(bf16, bf16, "auto: bfloat16 on CUDA")
+        if device.type == "cpu" and cpu_has_native_bfloat16():
+            return Precision(torch.float32, bf16, "auto: the CPU has native bfloat16 (avx512_bf16/amx_bf16): "
+                                                  "float32 weights, bfloat16 passes (autocast)")
+        return Precision(torch.float32, torch.float32, f"auto: float32 on {device.type} without native bfloat16")
+    if dtype == "bfloat16" and device.type == "cpu":
+        return Precision(torch.float32, bf16, "llm.dtype=bfloat16: float32 weights, bfloat16 passes (autocast)")
+    return Precision(getattr(torch, dtype), getattr(torch, dtype), f"llm.dtype={dtype}")
 
 
 def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
@@ -215,7 +272,8 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     try:
         config = AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=resolve_dtype(dtype, device))
+        precision = resolve_dtype(dtype, device)
+        model = AutoModel.from_pretrained(source, dtype=precision.weights)
     except OSError as exc:
         raise BenchError(f"cannot load backbone '{name}' from {source}: {str(exc).splitlines()[0]}") from None
     is_decoder = bool(getattr(config, "is_decoder", False)) or any(
@@ -225,7 +283,7 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     tokenizer.padding_side = "right"
     fingerprint = stable_hash({"name": name, "source": source, "config": config.to_dict(),
                                "weights": _weights_signature(Path(source))}, 16)
-    return Backbone(name, _freeze(model.to(device)), tokenizer, is_decoder, fingerprint)
+    return Backbone(name, _freeze(model.to(device)), tokenizer, is_decoder, fingerprint, precision=precision)
 
 
 def _weights_signature(folder: Path) -> list:

@@ -42,7 +42,7 @@ def test_unknown_architecture_is_a_clear_error():
 def minilm():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
-        return load_backbone("minilm", torch.device("cpu"))
+        return load_backbone("minilm", torch.device("cpu"), "float32")  # the reference precision
 
 
 def test_minilm_alias_loads_offline_frozen_and_mean_pools(minilm, monkeypatch):
@@ -100,3 +100,55 @@ def test_counting_a_prompt_longer_than_the_context_warns_nothing(minilm):
     finally:
         logging.getLogger("transformers").removeHandler(handler)
     assert not [r for r in records if "indexing errors" in r.getMessage()]
+
+
+# -- precision: bfloat16 where the hardware has it, float32 pooling, keyed caches ----------------------------------
+@pytest.mark.parametrize("native, device, expected", [
+    (True, "cpu", (torch.float32, torch.bfloat16)),    # float32 weights, bfloat16 passes (autocast)
+    (False, "cpu", (torch.float32, torch.float32)),
+    (False, "cuda", (torch.bfloat16, torch.bfloat16)),
+])
+def test_auto_dtype_follows_the_hardware(monkeypatch, native, device, expected):
+    from bench import llm
+    monkeypatch.setattr(llm, "cpu_has_native_bfloat16", lambda: native)
+    precision = llm.resolve_dtype("auto", torch.device(device))
+    assert (precision.weights, precision.compute) == expected and precision.reason.startswith("auto:")
+    assert llm.resolve_dtype("float32", torch.device(device)).compute == torch.float32  # explicit stays
+    with pytest.raises(BenchError, match="llm.dtype' must be auto, float32, bfloat16 or float16, got 'fp8'"):
+        llm.resolve_dtype("fp8", torch.device(device))
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    from bench import llm
+    flags = "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni"
+    assert ("avx512_bf16" in open("/proc/cpuinfo").read()) == llm.cpu_has_native_bfloat16()
+    monkeypatch.setattr(llm, "Path", lambda _: tmp_path / "cpuinfo")
+    (tmp_path / "cpuinfo").write_text(flags)
+    assert llm.cpu_has_native_bfloat16()
+    (tmp_path / "cpuinfo").write_text(flags.replace("avx512_bf16", ""))
+    assert not llm.cpu_has_native_bfloat16()
+
+
+def test_pooling_upcasts_before_summing(minilm):
+    """Mean pooling summed in bfloat16 has about 10x the error of upcasting first; pooled outputs are float32."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(4, 200, 16, generator=gen, dtype=torch.float64) + 3.0
+    mask = torch.ones(4, 200, dtype=torch.long)
+    exact = hidden.mean(dim=1)
+    pooled = minilm.pool(hidden.to(torch.bfloat16), mask)
+    assert pooled.dtype == torch.float32
+    upcast_error = (hidden.to(torch.bfloat16).double().mean(dim=1) - exact).abs().max()
+    assert (pooled.double() - exact).abs().max() <= upcast_error + 1e-6
+
+
+def test_bfloat16_features_agree_with_float32_and_are_cached_apart(minilm, tmp_path):
+    texts = ["Toy Story", "GoldenEye (1995)", "a completely different sentence about cooking pasta at home",
+             "Star Wars; Return of the Jedi; The Empire Strikes Back"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        fast = load_backbone("minilm", torch.device("cpu"), "bfloat16")
+    assert fast.dtype == torch.bfloat16 and next(fast.model.parameters()).dtype == torch.float32
+    reference, features = minilm.encode(texts, 32), fast.encode(texts, 32)
+    assert features.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(reference, features).min() >= 0.999
+    assert FeatureStore(fast, tmp_path, 32).key != FeatureStore(minilm, tmp_path, 32).key
