@@ -12,7 +12,6 @@ token for decoders.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -77,11 +76,9 @@ def context_window(config, tokenizer) -> int:
 
 
 class Precision(NamedTuple):
-    """How a backbone computes: ``weights`` is the dtype its parameters are stored in, ``compute`` the dtype its
-    passes run in (bfloat16 over float32 weights means ``torch.autocast``), ``reason`` why (for the manifest)."""
+    """The dtype a backbone's weights are stored and its passes computed in, and why (for the manifest)."""
 
-    weights: torch.dtype
-    compute: torch.dtype
+    dtype: torch.dtype
     reason: str
 
 
@@ -89,8 +86,8 @@ class Precision(NamedTuple):
 class Backbone:
     """A frozen transformer plus its tokenizer. ``encode`` returns pooled features ``[n, width]`` (float32, CPU).
 
-    Every pass through ``model`` belongs inside ``with backbone.autocast():`` (it runs the passes in
-    ``precision.compute``); pooling and everything after it stay float32."""
+    Its passes run in ``precision.dtype`` (bfloat16 where the hardware has it); pooling upcasts to float32, so
+    everything after it (towers, losses, scores) stays float32."""
 
     name: str
     model: torch.nn.Module
@@ -98,24 +95,16 @@ class Backbone:
     is_decoder: bool
     fingerprint: str
     forward_calls: int = field(default=0)
-    precision: Precision = field(default=None)  # None: the model's own parameter dtype, no autocast
+    precision: Precision = field(default=None)  # None: the model's own parameter dtype
 
     def __post_init__(self):
         if self.precision is None:
-            dtype = next(self.model.parameters()).dtype
-            self.precision = Precision(dtype, dtype, "the model's own dtype")
+            self.precision = Precision(next(self.model.parameters()).dtype, "the model's own dtype")
 
     @property
     def dtype(self) -> torch.dtype:
-        """The dtype the backbone's passes compute in."""
-        return self.precision.compute
-
-    def autocast(self):
-        """A context in which the model's passes run in ``precision.compute``: ``torch.autocast`` when that
-        differs from the weights' dtype (bfloat16 passes over float32 weights on a CPU), else nothing."""
-        if self.precision.compute == self.precision.weights:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.precision.compute)
+        """The dtype the backbone's weights and passes use."""
+        return self.precision.dtype
 
     @property
     def blocks(self) -> torch.nn.ModuleList:
@@ -172,8 +161,7 @@ class Backbone:
                 index = order[start:start + batch_size]
                 chunk = {"input_ids": [ids[i] for i in index]}
                 batch = self.tokenizer.pad(chunk, return_tensors="pt").to(self.device)
-                with self.autocast():
-                    hidden = self.model(**batch).last_hidden_state
+                hidden = self.model(**batch).last_hidden_state
                 self.forward_calls += 1
                 out[index] = self.pool(hidden, batch["attention_mask"]).float().cpu()
                 bar.update(len(index))
@@ -208,26 +196,22 @@ def cpu_has_native_bfloat16() -> bool:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> Precision:
-    """The :class:`Precision` of ``llm.dtype`` on ``device``.
+    """The :class:`Precision` of ``llm.dtype`` on ``device``: ``auto`` is bfloat16 on CUDA and on a CPU with
+    native bfloat16 (:func:`cpu_has_native_bfloat16`), float32 elsewhere; otherwise the named dtype.
 
-    ``auto``: bfloat16 on CUDA (weights stored in bfloat16); on a CPU with native bfloat16
-    (:func:`cpu_has_native_bfloat16`) float32 weights with bfloat16 passes under ``torch.autocast`` (weights
-    cast to bfloat16 are no faster for forward + backward there); float32 elsewhere. ``bfloat16`` follows the same
-    layout per device; ``float32`` and ``float16`` store and compute in that dtype.
+    Weights are stored in that dtype (no ``torch.autocast``): on a CPU with AMX, autocast re-casts every weight
+    at every call (``aten::copy_`` took a third of a MiniLM forward pass in the profile), while bfloat16 weights
+    run the forward pass 4-5x faster than float32 and forward + backward as fast as autocast.
     """
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise BenchError(f"config key 'llm.dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    bf16 = torch.bfloat16
-    if dtype == "auto":
-        if device.type == "cuda":
-            return Precision(bf16, bf16, "auto: bfloat16 on CUDA")
-        if device.type == "cpu" and cpu_has_native_bfloat16():
-            return Precision(torch.float32, bf16, "auto: the CPU has native bfloat16 (avx512_bf16/amx_bf16): "
-                                                  "float32 weights, bfloat16 passes (autocast)")
-        return Precision(torch.float32, torch.float32, f"auto: float32 on {device.type} without native bfloat16")
-    if dtype == "bfloat16" and device.type == "cpu":
-        return Precision(torch.float32, bf16, "llm.dtype=bfloat16: float32 weights, bfloat16 passes (autocast)")
-    return Precision(getattr(torch, dtype), getattr(torch, dtype), f"llm.dtype={dtype}")
+    if dtype != "auto":
+        return Precision(getattr(torch, dtype), f"llm.dtype={dtype}")
+    if device.type == "cuda":
+        return Precision(torch.bfloat16, "auto: bfloat16 on CUDA")
+    if device.type == "cpu" and cpu_has_native_bfloat16():
+        return Precision(torch.bfloat16, "auto: the CPU has native bfloat16 (avx512_bf16/amx_bf16)")
+    return Precision(torch.float32, f"auto: float32 on {device.type} without native bfloat16")
 
 
 def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
@@ -273,7 +257,7 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
         config = AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
         precision = resolve_dtype(dtype, device)
-        model = AutoModel.from_pretrained(source, dtype=precision.weights)
+        model = AutoModel.from_pretrained(source, dtype=precision.dtype)
     except OSError as exc:
         raise BenchError(f"cannot load backbone '{name}' from {source}: {str(exc).splitlines()[0]}") from None
     is_decoder = bool(getattr(config, "is_decoder", False)) or any(

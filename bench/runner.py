@@ -219,8 +219,8 @@ def _llm_record(llm) -> dict:
     backbone = llm.backbone
     return {"backbone": backbone.name, "fingerprint": backbone.fingerprint, "layers": backbone.n_layers,
             "width": backbone.width, "context_window": backbone.context_window, "pooling": backbone.pooling,
-            "dtype": str(backbone.dtype), "weights_dtype": str(backbone.precision.weights),
-            "dtype_reason": backbone.precision.reason, "token_budget": llm.token_budget}
+            "dtype": str(backbone.dtype), "dtype_reason": backbone.precision.reason,
+            "token_budget": llm.token_budget}
 
 
 def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest) -> Path:

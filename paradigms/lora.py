@@ -91,9 +91,8 @@ class LoRAText:
         """[len(ids), width] float32 pooled outputs of the adapted backbone."""
         backbone = self._ctx.llm.backbone
         batch = backbone.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(backbone.device)
-        with backbone.autocast():
-            hidden = self._model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return backbone.pool(hidden.last_hidden_state, batch["attention_mask"]).float()
+        hidden = self._model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return backbone.pool(hidden, batch["attention_mask"])
 
     # -- the task the shared training loop drives ------------------------------------------------------------
     def parameters(self):

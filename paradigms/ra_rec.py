@@ -133,11 +133,7 @@ class _Towers(torch.nn.Module):
 
     def _run(self, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor, layers: bool):
         """Hidden states of the text positions: a tuple (embeddings, layer 1, ..., layer L) or (last layer,), in
-        the backbone's compute dtype (``Backbone.autocast``; pooling upcasts)."""
-        with self.backbone.autocast():
-            return self._states(prefix, ids, mask, layers)
-
-    def _states(self, prefix: torch.Tensor | None, ids: torch.Tensor, mask: torch.Tensor, layers: bool):
+        the backbone's dtype (pooling upcasts)."""
         model = self.backbone.model
         if prefix is None:
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=layers)

@@ -89,7 +89,7 @@ class _Aligner(torch.nn.Module):
             parts = [] if self.instruction is None else [self.instruction[layer].expand(b, -1, -1)]
             prefixes.append(torch.cat(parts + [soft_vectors[layer]], dim=1))
         prefixes += [None] * (self.backbone.n_layers - len(prefixes))
-        with injected(self.backbone.blocks, prefixes), self.backbone.autocast():
+        with injected(self.backbone.blocks, prefixes):
             hidden = model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         return self.head(self.backbone.pool(hidden, mask).float())
 

@@ -104,16 +104,14 @@ def test_counting_a_prompt_longer_than_the_context_warns_nothing(minilm):
 
 # -- precision: bfloat16 where the hardware has it, float32 pooling, keyed caches ----------------------------------
 @pytest.mark.parametrize("native, device, expected", [
-    (True, "cpu", (torch.float32, torch.bfloat16)),    # float32 weights, bfloat16 passes (autocast)
-    (False, "cpu", (torch.float32, torch.float32)),
-    (False, "cuda", (torch.bfloat16, torch.bfloat16)),
+    (True, "cpu", torch.bfloat16), (False, "cpu", torch.float32), (False, "cuda", torch.bfloat16),
 ])
 def test_auto_dtype_follows_the_hardware(monkeypatch, native, device, expected):
     from bench import llm
     monkeypatch.setattr(llm, "cpu_has_native_bfloat16", lambda: native)
     precision = llm.resolve_dtype("auto", torch.device(device))
-    assert (precision.weights, precision.compute) == expected and precision.reason.startswith("auto:")
-    assert llm.resolve_dtype("float32", torch.device(device)).compute == torch.float32  # explicit stays
+    assert precision.dtype == expected and precision.reason.startswith("auto:")
+    assert llm.resolve_dtype("float32", torch.device(device)).dtype == torch.float32  # explicit stays
     with pytest.raises(BenchError, match="llm.dtype' must be auto, float32, bfloat16 or float16, got 'fp8'"):
         llm.resolve_dtype("fp8", torch.device(device))
 
@@ -147,7 +145,7 @@ def test_bfloat16_features_agree_with_float32_and_are_cached_apart(minilm, tmp_p
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
         fast = load_backbone("minilm", torch.device("cpu"), "bfloat16")
-    assert fast.dtype == torch.bfloat16 and next(fast.model.parameters()).dtype == torch.float32
+    assert fast.dtype == torch.bfloat16 and next(fast.model.parameters()).dtype == torch.bfloat16
     reference, features = minilm.encode(texts, 32), fast.encode(texts, 32)
     assert features.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(reference, features).min() >= 0.999

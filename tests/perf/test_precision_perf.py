@@ -1,0 +1,92 @@
+"""bfloat16 against float32 on this machine (``make perf``): tokens per second of frozen-feature encoding and of
+an RA-Rec training step (prefix keys/values in every layer, forward + backward to the prefixes), for MiniLM and
+SmolLM2, and the fraction of the machine's peak each reaches. The peak is a plain matrix multiply of the same
+dtype timed in the same run; a pass's FLOPs are counted from the backbone's config (:func:`forward_flops`).
+Ratios only: absolute times depend on the machine and on what else runs."""
+import json
+import time
+
+import pytest
+import torch
+
+from bench.llm import load_backbone
+from bench.prefix_kv import prefixed
+
+BACKBONES = {"minilm": (64, 32), "smollm2-135m": (16, 32)}  # sequences x tokens per timed pass
+GOALS = {"encode_speedup": 2.5, "encode_peak_fraction": 0.5, "train_speedup": 1.4}
+
+
+def _best(fns: dict, repeats: int = 5) -> dict:
+    """Fastest of ``repeats`` timed calls of each function, the functions interleaved so that other work on the
+    machine slows them alike; one warm-up call each first (oneDNN picks its kernels on the first call)."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
+def _matmul(dtype: torch.dtype, n: int = 1024):
+    """An ``n x n`` by ``n x n`` matrix product in ``dtype`` (the kernels a linear layer uses) and its FLOPs."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return (lambda: a @ b), 2 * n ** 3
+
+
+def forward_flops(backbone, batch: int, tokens: int) -> float:
+    """FLOPs of one forward pass: 2 per weight of the transformer blocks per token, plus the attention products
+    (scores and weighted values: 4 x tokens x width per token and layer)."""
+    weights = sum(p.numel() for p in backbone.blocks.parameters() if p.dim() == 2)
+    return batch * tokens * (2 * weights + 4 * backbone.n_layers * tokens * backbone.width)
+
+
+def _inputs(backbone, batch: int, tokens: int):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, backbone.tokenizer.vocab_size - 1, (batch, tokens), generator=gen)
+    return ids, torch.ones_like(ids)
+
+
+def _encode(backbone, ids, mask):
+    with torch.no_grad():
+        hidden = backbone.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return backbone.pool(hidden, mask)
+
+
+def _train_step(backbone, ids, mask, prefixes):
+    with prefixed(backbone.model, backbone.blocks, list(prefixes)):
+        hidden = backbone.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    backbone.pool(hidden, mask).square().mean().backward()
+    prefixes.grad = None
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_bfloat16_speed_and_peak_fraction(name):
+    batch, tokens = BACKBONES[name]
+    report, fns, flops = {"backbone": name, "batch": batch, "tokens": tokens}, {}, {}
+    for dtype in ("float32", "bfloat16"):
+        backbone = load_backbone(name, torch.device("cpu"), dtype)
+        ids, mask = _inputs(backbone, batch, tokens)
+        prefixes = torch.zeros(backbone.n_layers, batch, 5, backbone.width, requires_grad=True)
+        fns[dtype, "peak"], flops[dtype, "peak"] = _matmul(backbone.dtype)
+        fns[dtype, "encode"] = lambda b=backbone, i=ids, m=mask: _encode(b, i, m)
+        fns[dtype, "train"] = lambda b=backbone, i=ids, m=mask, p=prefixes: _train_step(b, i, m, p)
+        flops[dtype, "encode"] = forward_flops(backbone, batch, tokens)
+        flops[dtype, "train"] = 3 * flops[dtype, "encode"]  # a backward pass costs about two forward passes
+    best = _best(fns)
+    for dtype in ("float32", "bfloat16"):
+        peak = flops[dtype, "peak"] / best[dtype, "peak"]
+        report[dtype] = {"encode_tokens_per_s": round(batch * tokens / best[dtype, "encode"]),
+                         "train_tokens_per_s": round(batch * tokens / best[dtype, "train"]),
+                         "matmul_peak_gflops": round(peak / 1e9, 1),
+                         "encode_peak_fraction": round(flops[dtype, "encode"] / best[dtype, "encode"] / peak, 3),
+                         "train_peak_fraction": round(flops[dtype, "train"] / best[dtype, "train"] / peak, 3)}
+    f32, bf16 = report["float32"], report["bfloat16"]
+    report["encode_speedup"] = round(best["float32", "encode"] / best["bfloat16", "encode"], 2)
+    report["train_speedup"] = round(best["float32", "train"] / best["bfloat16", "train"], 2)
+    report["matmul_peak_ratio"] = round(bf16["matmul_peak_gflops"] / f32["matmul_peak_gflops"], 2)
+    report["goals"] = GOALS
+    print(f"\n{name}, bfloat16 vs float32:", json.dumps(report))
+    assert report["encode_speedup"] >= 1.0 and report["train_speedup"] >= 1.0  # bfloat16 never costs time
