@@ -1,7 +1,7 @@
 """RA-Rec, the earlier reading (``ra-rec-items``): one soft vector per history item, no user representation.
 
 Kept beside ``ra-rec`` (``paradigms.ra_rec``, the paper's architecture) so both readings of the paper sit side by
-side in every table; its results are those of ``ra-rec`` version 1.
+side in every table; it is the architecture of ``ra-rec`` version 1.
 
 * Reparameterization: for every layer l, ``p_l(e) = W_l e + b_l`` maps the frozen ID encoder's item embedding
   to that layer's width (optionally ``W_l = A_l B`` with a shared low-rank ``B``).
@@ -98,7 +98,7 @@ class _Aligner(torch.nn.Module):
 class RARecItems(TwoTower):
     """RA-Rec, earlier reading: one soft vector per history item in every layer (see the module docstring)."""
 
-    version = "1"
+    version = "2"  # 2: InfoNCE as row losses, training in micro_batch passes
     description = "RA-Rec, earlier reading: one soft vector per history item in every layer, no user representation."
     in_all = False
     needs_encoder = True
