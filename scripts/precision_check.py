@@ -23,18 +23,24 @@ from pathlib import Path
 
 import torch
 
+from bench.state import partial_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 PARADIGMS = "pop,sasrec,id-direct,id-translation,ra-rec"
 FROZEN = ("id-direct", "id-translation")
 
 
 def run_bf16(out: Path) -> None:
-    """The bfloat16 run (``--resume`` continues an interrupted one; nothing to do when it exists)."""
+    """The bfloat16 run: nothing to do when it exists, ``--resume`` when an interrupted one left its jobs."""
     if (out / "manifest.json").is_file():
         return
-    subprocess.run([sys.executable, "-m", "bench", "run", "--paradigms", PARADIGMS, "--dataset", "ml-100k",
-                    "--seeds", "0,1,2", "--set", "llm.dtype=bfloat16", "--out", str(out), "--resume"],
-                   check=True, cwd=ROOT)
+    command = [sys.executable, "-m", "bench", "run"]
+    if partial_dir(out).is_dir():
+        command += ["--resume", str(out)]
+    else:
+        command += ["--paradigms", PARADIGMS, "--dataset", "ml-100k", "--seeds", "0,1,2",
+                    "--set", "llm.dtype=bfloat16", "--out", str(out)]
+    subprocess.run(command, check=True, cwd=ROOT)
 
 
 def feature_cosines(cfg) -> dict[str, tuple[int, float, float]]:
