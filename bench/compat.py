@@ -8,6 +8,10 @@ Import :func:`recbole_ready` (or this module) before importing anything from ``r
 * ``recbole.quick_start`` imports ``ray.tune`` at import time; bench never imports ``quick_start``,
   and registers an inert ``ray`` stub so an accidental import fails clearly instead of at random;
 * RecBole's ``Config`` reads ``--key=value`` pairs from ``sys.argv``; bench's flags are not for it;
+* ``recbole.model.sequential_recommender.sine`` calls ``torch.autograd.set_detect_anomaly(True)`` at import
+  time, and ``get_model`` imports it: anomaly detection then checks every backward output for NaN (``ne`` +
+  ``any`` per autograd node: 40-55% of an RA-Rec training step in the profile, and every SASRec step). The
+  package is imported here and the mode switched back off;
 * RecBole writes ``log/`` and ``log_tensorboard/`` relative to the working directory:
   :func:`recbole_workdir` runs a block with the working directory moved into a cache folder.
 """
@@ -72,6 +76,9 @@ def recbole_ready() -> None:
     import recbole.trainer.trainer as trainer_module
 
     trainer_module.torch = _TorchWithFullLoad(torch)
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py, which turns anomaly mode on)
+
+    torch.autograd.set_detect_anomaly(False)
     # RecBole's Config parses sys.argv for --key=value pairs: bench's own flags must never reach it.
     from recbole.config.configurator import Config
 

@@ -94,3 +94,19 @@ def test_gru4rec_is_supported(slice_overrides, tmp_path):
     encoder = encoders.load_or_train(split, cfg, tmp_path)
     scores = encoder.score([split.history(1, "valid"), split.history(2, "valid")])
     assert scores.shape == (2, split.n_items) and torch.isfinite(scores).all()
+
+
+def test_recbole_leaves_autograd_anomaly_detection_off(trained):
+    """RecBole's sine.py turns anomaly detection on at import (get_model imports it): every backward output was
+    then checked for NaN, 40-55% of an RA-Rec training step. After the shims, in this process and a fresh one,
+    it is off."""
+    import subprocess
+    import sys
+
+    import torch
+
+    assert not torch.is_anomaly_enabled()
+    code = ("from bench.compat import recbole_ready; recbole_ready(); from recbole.utils import get_model; "
+            "get_model('SASRec'); import torch; print(torch.is_anomaly_enabled())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
