@@ -188,10 +188,18 @@ def test_training_sample_selection(setup):
 
 
 # -- ra-rec-items: the earlier reading (one soft vector per history item, hidden states overwritten) ----------
-def test_items_reading_gradients_reach_exactly_projectors_and_instruction(setup):
+@pytest.fixture(scope="module")
+def items_reading(setup):
+    """One fitted ra-rec-items for the tests that only read it (a test that changes it restores it)."""
+    return _fit(setup, "ra-rec-items")
+
+
+def test_items_reading_gradients_reach_exactly_projectors_and_instruction(setup, items_reading):
     _, split, _, llm = setup
-    paradigm = _fit(setup, "ra-rec-items")
+    paradigm = items_reading
     trainable = paradigm._aligner.trainable()
+    for p in trainable:
+        p.grad = None
     assert {id(p) for p in trainable} == {id(paradigm._aligner.projectors.weight),
                                           id(paradigm._aligner.projectors.bias), id(paradigm._aligner.instruction)}
     user = paradigm.sample_vectors(torch.tensor([0, 1]))
@@ -202,20 +210,20 @@ def test_items_reading_gradients_reach_exactly_projectors_and_instruction(setup)
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2])
-def test_items_reading_changing_one_layers_projector_changes_the_output(setup, layer):
-    paradigm = _fit(setup, "ra-rec-items")
-    aligner = paradigm._aligner
-    soft, hard = [[5, 6, 7]], [paradigm._hard]
+def test_items_reading_changing_one_layers_projector_changes_the_output(items_reading, layer):
+    aligner = items_reading._aligner
+    soft, hard = [[5, 6, 7]], [items_reading._hard]
     with torch.no_grad():
         before = aligner(soft, hard)
         aligner.projectors.bias[layer] += 1.0
         after = aligner(soft, hard)
+        aligner.projectors.bias[layer] -= 1.0
     assert not torch.allclose(before, after), f"layer {layer} had no effect"
 
 
-def test_items_reading_prompt_positions_match_token_accounting(setup):
+def test_items_reading_prompt_positions_match_token_accounting(setup, items_reading):
     _, split, _, llm = setup
-    paradigm = _fit(setup, "ra-rec-items")
+    paradigm = items_reading
     for row in paradigm.token_usage(split.users[:10], "test"):
         soft = paradigm.soft_history(split.history(row.user, "test"))
         _, _, mask = paradigm._aligner.layout([soft], [paradigm._hard])
@@ -296,13 +304,14 @@ def test_no_validation_or_test_item_reaches_training_inputs(birds, cache_root, n
 
 # -- the two-tower base: vectors the harness invalidates, bounded passes, stored states ---------------------------
 @pytest.mark.parametrize("name", ["ra-rec", "ra-rec-items"])
-def test_the_harness_invalidates_cached_vectors_before_each_validation(setup, name):
+def test_the_harness_invalidates_cached_vectors_before_each_validation(setup, name, request):
     """A validation after the parameters changed scores with new vectors, without the paradigm refreshing any
     cache itself (each copy used to refresh its own, where stale-cache bugs hid)."""
     cfg, split = setup[0], setup[1]
-    paradigm = _fit(setup, name)
+    paradigm = request.getfixturevalue("items_reading") if name == "ra-rec-items" else _fit(setup, name)
     users = split.users[:5]
     before = paradigm.score(users, "valid").clone()
+    saved = [p.detach().clone() for p in paradigm.parameters()]
     with torch.no_grad():
         for p in paradigm.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -317,17 +326,28 @@ def test_the_harness_invalidates_cached_vectors_before_each_validation(setup, na
     paradigm.fit = refit
     fit_paradigm(paradigm, split, Context(config=cfg, options={}, seed=0, device=torch.device("cpu"),
                                           cache_dir=None))
+    with torch.no_grad():  # the shared fixture goes back to what it was
+        for p, value in zip(paradigm.parameters(), saved):
+            p.copy_(value)
+    del paradigm.fit
+    paradigm.invalidate()
     assert torch.equal(seen[0], before) and not torch.equal(seen[1], before)
 
 
-def test_items_reading_trains_in_micro_batches(setup):
+def test_items_reading_trains_in_micro_batches(items_reading):
     """ra-rec-items honours micro_batch in training steps: no backbone pass holds more sequences."""
-    paradigm = _fit(setup, "ra-rec-items", micro_batch=7)
-    sizes = []
+    paradigm, sizes = items_reading, []
     original = paradigm._aligner.forward
     paradigm._aligner.forward = lambda soft, hard: sizes.append(len(soft)) or original(soft, hard)
-    from bench.training import _step
-    _step(paradigm, torch.arange(16), torch.arange(1, 17), torch.arange(20, 30))
+    paradigm.micro_batch = 7
+    try:
+        from bench.training import _step
+        _step(paradigm, torch.arange(16), torch.arange(1, 17), torch.arange(20, 30))
+    finally:
+        paradigm.micro_batch = paradigm._ctx.options["micro_batch"]
+        del paradigm._aligner.forward
+        for p in paradigm.parameters():
+            p.grad = None
     assert sizes and max(sizes) <= 7
 
 
