@@ -9,8 +9,9 @@ the ranks (``bench.metrics.METRICS``): ``eval.metrics`` at every K of ``eval.ks`
 
 ``FORMAT_VERSION`` names this layout. Version 1 (a manifest without the field was written before it existed and
 is version 1 too) also stored the metric columns in ``per_user.csv``, rounded to 10 significant digits, and its
-tables were computed from those: a version-1 run's metrics are recomputed from its ranks and rounded the same way,
-so its tables rebuild byte for byte. A run of any other version is a clear error.
+tables were computed from those: every run's metrics are computed from its ranks and rounded the same way
+(:data:`METRIC_DIGITS`), so a version-1 run's tables rebuild byte for byte and equal ranks give equal values in
+either version. A run of any other version is a clear error.
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ ID_COLUMNS = ("paradigm", "seed", "stage", "user", "rank")
 MAIN_METRICS = ("hit@100", "ndcg@10")
 TOKEN_COLUMNS = ("paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept")
 FILES = ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")
-#: Significant digits of the metric columns a format-1 ``per_user.csv`` stored (``float_format="%.10g"``).
-FORMAT_1_DIGITS = 10
+#: Significant digits of every per-user metric value: what a format-1 ``per_user.csv`` stored
+#: (``float_format="%.10g"``), kept for format 2 so the same ranks give the same values in runs of either format
+#: (unrounded, ``bench compare`` of identical ranks counted 1e-11 differences as wins and losses).
+METRIC_DIGITS = 10
 
 
 def display_name(metric: str) -> str:
@@ -209,8 +212,7 @@ class Run:
         needed = [c for c in dict.fromkeys(columns) if c not in self.per_user.columns]
         for column in needed:
             _check_metric(column, "report.metrics")
-        digits = FORMAT_1_DIGITS if self.manifest.format_version == 1 else None
-        values = metric_values(self.per_user["rank"].to_numpy(), needed, digits)
+        values = metric_values(self.per_user["rank"].to_numpy(), needed, METRIC_DIGITS)
         return self.per_user.assign(**values) if values else self.per_user
 
     @property

@@ -197,7 +197,7 @@ def test_per_user_metrics_are_computed_from_the_ranks_when_the_report_is_built(b
     """per_user.csv holds ids and ranks only; metrics.json holds every eval metric at every K, from the ranks."""
     assert list(pd.read_csv(built / "per_user.csv").columns) == list(ID_COLUMNS)
     for metric in ("hit@100", "ndcg@10", "mrr@20", "ndcg@50"):
-        assert stage_means(built, metric) == pytest.approx(expected_means(built, metric), rel=1e-12), metric
+        assert stage_means(built, metric) == pytest.approx(expected_means(built, metric), rel=1e-9), metric  # values carry 10 significant digits (METRIC_DIGITS)
 
 
 def test_a_format_1_run_is_reported_from_its_ranks_not_its_stored_metric_columns(tmp_path):
