@@ -3,9 +3,21 @@
 Trained with RecBole's own trainer (early stopping on validation NDCG@10) and cached on disk under a key
 made of the split hash and the encoder config, so a second run trains nothing. Every paradigm of a run
 receives the same :class:`Encoder`.
+
+Where the time of training went, and what the harness changes around the unchanged RecBole model class
+(``make perf`` measures the training step against RecBole's own path):
+
+* RecBole's ``sine.py`` switches autograd anomaly detection on at import (``bench.compat`` switches it off):
+  about half of every step;
+* RecBole's transformer layers compute GELU as ``x * 0.5 * (1 + erf(x / sqrt(2)))``, five element-wise passes
+  (and their saved intermediates) over the widest activation: :func:`fuse_activations` swaps in PyTorch's fused
+  ``gelu`` (the same function, exact erf form);
+* ``encoder.dtype`` (bfloat16 where the hardware has it) runs the training passes under RecBole's mixed
+  precision (``enable_amp``); weights, the optimiser and the frozen encoder stay float32.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +30,14 @@ from bench.cache import CacheEntry
 from bench.compat import recbole_config, recbole_workdir
 from bench.config import Config, stable_hash, thaw
 from bench.errors import BenchError
+from bench.precision import Precision, resolve_dtype
 from bench.progress import progress_bar
 from bench.split import Split, recbole_settings, split_from_recbole
 
 if TYPE_CHECKING:
     from bench.contract import SplitView
 
-ENCODER_VERSION = "1"
+ENCODER_VERSION = "2"  # 2: fused GELU, encoder.dtype
 
 
 @dataclass(eq=False)
@@ -130,6 +143,34 @@ class _CountingLoader:
         return getattr(self._loader, name)
 
 
+def encoder_precision(cfg: Config, device: str) -> Precision:
+    """The precision of the encoder's training passes (``encoder.dtype``; see :mod:`bench.precision`)."""
+    if "enable_amp" in cfg["encoder.params"]:
+        raise BenchError("config key 'encoder.params.enable_amp': set the training precision with "
+                         "encoder.dtype (auto, float32 or bfloat16) instead")
+    return resolve_dtype(cfg["encoder.dtype"], torch.device(device), "encoder.dtype", ("float32", "bfloat16"))
+
+
+def fuse_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap RecBole's element-wise GELU (``FeedForward.gelu``) for PyTorch's fused exact GELU, in place."""
+    for module in model.modules():
+        act = getattr(module, "intermediate_act_fn", None)
+        if getattr(act, "__func__", None) is getattr(type(module), "gelu", object()):
+            module.intermediate_act_fn = torch.nn.functional.gelu
+    return model
+
+
+@contextlib.contextmanager
+def _autocast_dtype(device: torch.device, dtype: torch.dtype):
+    """Make ``torch.autocast`` on ``device`` (RecBole's ``enable_amp``) use ``dtype``; restored afterwards."""
+    previous = torch.get_autocast_dtype(device.type)
+    torch.set_autocast_dtype(device.type, dtype)
+    try:
+        yield
+    finally:
+        torch.set_autocast_dtype(device.type, previous)
+
+
 def _config_dict(split: Split, enc: dict, workdir: Path) -> dict[str, Any]:
     return {**recbole_settings(enc["max_seq_len"]), **enc["params"],
             "data_path": split.recbole_path, "epochs": enc["epochs"], "learning_rate": enc["learning_rate"],
@@ -193,7 +234,9 @@ def _train(split: Split, cfg: Config, out: Path, logdir: Path, device: str, prog
         except ValueError:
             raise BenchError(f"config key 'encoder.model': RecBole has no model {cfg['encoder.model']!r}; "
                              "use SASRec or GRU4Rec (or another sequential model)") from None
-        model = model_class(rb_config, train.dataset).to(rb_config["device"])
+        model = fuse_activations(model_class(rb_config, train.dataset).to(rb_config["device"]))
+        precision = encoder_precision(cfg, device)
+        rb_config["enable_amp"] = precision.dtype != torch.float32
         trainer = get_trainer(rb_config["MODEL_TYPE"], cfg["encoder.model"])(rb_config, model)
         with progress_bar(progress, total=cfg["encoder.epochs"] * len(train), desc=f"train {cfg['encoder.model']}",
                           unit="batch") as bar:
@@ -201,12 +244,13 @@ def _train(split: Split, cfg: Config, out: Path, logdir: Path, device: str, prog
                 bar.set_postfix(epoch=epoch + 1, valid_ndcg10=f"{valid_score:.4f}")
 
             loader = _CountingLoader(train, bar.update)
-            best, _ = trainer.fit(loader, valid, saved=True, show_progress=False, callback_fn=on_epoch)
+            with _autocast_dtype(rb_config["device"], precision.dtype):
+                best, _ = trainer.fit(loader, valid, saved=True, show_progress=False, callback_fn=on_epoch)
         checkpoint = torch.load(trainer.saved_model_file, map_location="cpu", weights_only=False)
     torch.save(checkpoint["state_dict"], out / "model.pt")
     return {"model": cfg["encoder.model"], "best_valid_ndcg@10": float(best), "best_epoch": checkpoint["epoch"],
             "train_seconds": round(time.perf_counter() - start, 2), "n_items": split.n_items,
-            "n_users": split.n_users}
+            "n_users": split.n_users, "dtype": str(precision.dtype), "dtype_reason": precision.reason}
 
 
 def _load(split: Split, cfg: Config, path: Path, meta: dict, key: str, device: str) -> Encoder:
@@ -214,7 +258,7 @@ def _load(split: Split, cfg: Config, path: Path, meta: dict, key: str, device: s
 
     enc = thaw(cfg["encoder"])
     rb_config = recbole_config(enc["model"], split.recbole_name, _config_dict(split, enc, path), device)
-    model = get_model(enc["model"])(rb_config, _ItemCount(split.n_users, split.n_items))
+    model = fuse_activations(get_model(enc["model"])(rb_config, _ItemCount(split.n_users, split.n_items)))
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     model.to(device).eval()
     for parameter in model.parameters():

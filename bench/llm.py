@@ -23,6 +23,7 @@ import torch
 from bench.cache import CacheEntry, default_cache_root, file_sha256
 from bench.config import stable_hash, suggest
 from bench.errors import BenchError
+from bench.precision import Precision, resolve_dtype
 from bench.progress import progress_bar
 from bench.registry import Registry
 
@@ -73,13 +74,6 @@ def context_window(config, tokenizer) -> int:
     limits.append(getattr(tokenizer, "model_max_length", None))
     valid = [v for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
     return min(valid) if valid else 512
-
-
-class Precision(NamedTuple):
-    """The dtype a backbone's weights are stored and its passes computed in, and why (for the manifest)."""
-
-    dtype: torch.dtype
-    reason: str
 
 
 @dataclass(eq=False)
@@ -185,33 +179,14 @@ def _freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 matrix products natively: the ``avx512_bf16`` or ``amx_bf16`` flag
-    in ``/proc/cpuinfo`` (Linux; elsewhere False, so float32). Without them bfloat16 is emulated and slower."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> Precision:
-    """The :class:`Precision` of ``llm.dtype`` on ``device``: ``auto`` is bfloat16 on CUDA and on a CPU with
-    native bfloat16 (:func:`cpu_has_native_bfloat16`), float32 elsewhere; otherwise the named dtype.
+def backbone_precision(dtype: str, device: torch.device) -> Precision:
+    """The :class:`~bench.precision.Precision` of ``llm.dtype`` on ``device`` (:func:`bench.precision.resolve_dtype`).
 
     Weights are stored in that dtype (no ``torch.autocast``): on a CPU with AMX, autocast re-casts every weight
     at every call (``aten::copy_`` took a third of a MiniLM forward pass in the profile), while bfloat16 weights
     run the forward pass 4-5x faster than float32 and forward + backward as fast as autocast.
     """
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise BenchError(f"config key 'llm.dtype' must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    if dtype != "auto":
-        return Precision(getattr(torch, dtype), f"llm.dtype={dtype}")
-    if device.type == "cuda":
-        return Precision(torch.bfloat16, "auto: bfloat16 on CUDA")
-    if device.type == "cpu" and cpu_has_native_bfloat16():
-        return Precision(torch.bfloat16, "auto: the CPU has native bfloat16 (avx512_bf16/amx_bf16)")
-    return Precision(torch.float32, f"auto: float32 on {device.type} without native bfloat16")
+    return resolve_dtype(dtype, device, "llm.dtype")
 
 
 def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
@@ -256,7 +231,7 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     try:
         config = AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        precision = resolve_dtype(dtype, device)
+        precision = backbone_precision(dtype, device)
         model = AutoModel.from_pretrained(source, dtype=precision.dtype)
     except OSError as exc:
         raise BenchError(f"cannot load backbone '{name}' from {source}: {str(exc).splitlines()[0]}") from None

@@ -3,7 +3,7 @@ import torch
 
 from bench import encoders
 from bench.compat import recbole_workdir
-from bench.config import load_config
+from bench.config import load_config, with_overrides
 from bench.metrics import evaluate_ranks, metrics_from_ranks
 from bench.split import build_split
 
@@ -110,3 +110,38 @@ def test_recbole_leaves_autograd_anomaly_detection_off(trained):
             "get_model('SASRec'); import torch; print(torch.is_anomaly_enabled())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_fused_gelu_is_recboles_gelu_and_replaces_it_everywhere(trained):
+    """fuse_activations swaps RecBole's five-pass element-wise GELU for PyTorch's fused one: the same function
+    (exact erf form), so the model's outputs agree to float32 rounding."""
+    import copy
+
+    from recbole.model.layers import FeedForward
+
+    _, split, encoder = trained
+    fused = encoder.model
+    original = copy.deepcopy(fused)
+    for module in original.modules():
+        if isinstance(module, FeedForward):
+            module.intermediate_act_fn = module.gelu
+    blocks = [m for m in fused.modules() if isinstance(m, FeedForward)]
+    assert blocks and all(m.intermediate_act_fn is torch.nn.functional.gelu for m in blocks)
+    x = torch.linspace(-6, 6, 1001)
+    assert torch.allclose(blocks[0].gelu(x), torch.nn.functional.gelu(x), atol=1e-6)
+    histories = [split.history(int(u), "test") for u in split.users[:16]]
+    assert torch.allclose(encoder.score(histories), original.full_sort_predict(encoder.pack(histories)), atol=1e-5)
+
+
+def test_training_precision_is_recorded_and_chosen_by_encoder_dtype(trained):
+    cfg, split, encoder = trained
+    expected = encoders.encoder_precision(cfg, "cpu")
+    assert encoder.info["dtype"] == str(expected.dtype) and encoder.info["dtype_reason"] == expected.reason
+    assert all(p.dtype == torch.float32 for p in encoder.model.parameters())  # the frozen encoder stays float32
+    with pytest.raises(Exception, match="'encoder.params.enable_amp': set the training precision with encoder.dtype"):
+        encoders.encoder_precision(load_config("smoke", overrides=["encoder.params.enable_amp=true"]), "cpu")
+    with pytest.raises(Exception, match="'encoder.dtype' must be auto, float32 or bfloat16, got 'float16'"):
+        encoders.encoder_precision(load_config("smoke", overrides=["encoder.dtype=float16"]), "cpu")
+    other = "float32" if cfg["encoder.dtype"] != "float32" else "bfloat16"
+    assert encoders.encoder_key(split, cfg) != encoders.encoder_key(split, with_overrides(cfg, [f"encoder.dtype={other}"]))
+

@@ -103,30 +103,6 @@ def test_counting_a_prompt_longer_than_the_context_warns_nothing(minilm):
 
 
 # -- precision: bfloat16 where the hardware has it, float32 pooling, keyed caches ----------------------------------
-@pytest.mark.parametrize("native, device, expected", [
-    (True, "cpu", torch.bfloat16), (False, "cpu", torch.float32), (False, "cuda", torch.bfloat16),
-])
-def test_auto_dtype_follows_the_hardware(monkeypatch, native, device, expected):
-    from bench import llm
-    monkeypatch.setattr(llm, "cpu_has_native_bfloat16", lambda: native)
-    precision = llm.resolve_dtype("auto", torch.device(device))
-    assert precision.dtype == expected and precision.reason.startswith("auto:")
-    assert llm.resolve_dtype("float32", torch.device(device)).dtype == torch.float32  # explicit stays
-    with pytest.raises(BenchError, match="llm.dtype' must be auto, float32, bfloat16 or float16, got 'fp8'"):
-        llm.resolve_dtype("fp8", torch.device(device))
-
-
-def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
-    from bench import llm
-    flags = "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni"
-    assert ("avx512_bf16" in open("/proc/cpuinfo").read()) == llm.cpu_has_native_bfloat16()
-    monkeypatch.setattr(llm, "Path", lambda _: tmp_path / "cpuinfo")
-    (tmp_path / "cpuinfo").write_text(flags)
-    assert llm.cpu_has_native_bfloat16()
-    (tmp_path / "cpuinfo").write_text(flags.replace("avx512_bf16", ""))
-    assert not llm.cpu_has_native_bfloat16()
-
-
 def test_pooling_upcasts_before_summing(minilm):
     """Mean pooling summed in bfloat16 has about 10x the error of upcasting first; pooled outputs are float32."""
     gen = torch.Generator().manual_seed(0)
