@@ -1,17 +1,18 @@
 """Are bfloat16 results the float32 results? (issue 21 item 3)
 
 Runs ``pop,sasrec,id-direct,id-translation,ra-rec`` on ml-100k (default preset, seeds 0-2) with
-``llm.dtype=bfloat16`` into ``--bf16`` (resumable), then compares it with the float32 reference run ``--f32``
-(by default the committed ``results/ml-100k-default``):
+``llm.dtype=float32`` into ``--f32`` (resumable; the committed ``results/ml-100k-float32``), then compares it with
+the bfloat16 reference run ``--bf16`` (the committed ``results/ml-100k-default``, bfloat16 by ``llm.dtype: auto``
+on this CPU). Both use the same split and the same cached ID encoder: only the backbone's dtype differs.
 
 * frozen features: every prompt and item text both runs encoded, float32 against bfloat16 features (cosine,
   read from the two feature caches; goal >= 0.999);
 * per paradigm, HR@100 and NDCG@10 means (goal: within 0.005) and ``bench compare``'s paired tests with Holm
   correction over the family (goal: none significant).
 
-Writes ``precision_check.md`` into the bfloat16 run directory and exits non-zero when a goal is missed.
+Writes ``precision_check.md`` into the float32 run directory and exits non-zero when a goal is missed.
 
-    python scripts/precision_check.py [--f32 results/ml-100k-default] [--bf16 results/ml-100k-bf16]
+    python scripts/precision_check.py [--f32 results/ml-100k-float32] [--bf16 results/ml-100k-default]
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ PARADIGMS = "pop,sasrec,id-direct,id-translation,ra-rec"
 FROZEN = ("id-direct", "id-translation")
 
 
-def run_bf16(out: Path) -> None:
-    """The bfloat16 run: nothing to do when it exists, ``--resume`` when an interrupted one left its jobs."""
+def run_f32(out: Path) -> None:
+    """The float32 run: nothing to do when it exists, ``--resume`` when an interrupted one left its jobs."""
     if (out / "manifest.json").is_file():
         return
     command = [sys.executable, "-m", "bench", "run"]
@@ -39,7 +40,7 @@ def run_bf16(out: Path) -> None:
         command += ["--resume", str(out)]
     else:
         command += ["--paradigms", PARADIGMS, "--dataset", "ml-100k", "--seeds", "0,1,2",
-                    "--set", "llm.dtype=bfloat16", "--out", str(out)]
+                    "--set", "llm.dtype=float32", "--out", str(out)]
     subprocess.run(command, check=True, cwd=ROOT)
 
 
@@ -66,11 +67,11 @@ def feature_cosines(cfg) -> dict[str, tuple[int, float, float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--f32", type=Path, default=ROOT / "results" / "ml-100k-default")
-    parser.add_argument("--bf16", type=Path, default=ROOT / "results" / "ml-100k-bf16")
+    parser.add_argument("--f32", type=Path, default=ROOT / "results" / "ml-100k-float32")
+    parser.add_argument("--bf16", type=Path, default=ROOT / "results" / "ml-100k-default")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run_bf16(args.bf16)
+    run_f32(args.f32)
     from bench import report
     from bench.rundir import Run
 
@@ -92,7 +93,7 @@ def main() -> int:
     failures += [f"{r.a[2:]} {r.metric}: Holm p {r.p_holm:.3g} < {alpha}" for r in table.itertuples()
                  if r.p_holm < alpha and r.diff != 0]
     lines += ["", "## Verdict", ""] + ([f"- {f}" for f in failures] or ["- every goal met"])
-    (args.bf16 / "precision_check.md").write_text("\n".join(lines) + "\n")
+    (args.f32 / "precision_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 1 if failures else 0
 
