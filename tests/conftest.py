@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +125,18 @@ def uninterrupted(cfg, name: str, n: int) -> list[dict]:
         suggest(trial, registry.get(name).search_space)
         study.tell(trial, 0.0)
     return [t.params for t in study.trials]
+
+
+def best_of(fns: dict, repeats: int = 5) -> dict:
+    """Fastest of ``repeats`` timed calls of each function (seconds, by key), the functions interleaved so that
+    other work on the machine slows them alike; one warm-up call each first (oneDNN picks its kernels on the
+    first call). For ``tests/perf``: ratios of these, never absolute times, go into assertions."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best

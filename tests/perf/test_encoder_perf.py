@@ -4,7 +4,6 @@ GELU; float32) against the harness's (anomaly detection off, fused GELU, ``encod
 run only; the issue's goal is 5x for the whole training."""
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from bench.compat import recbole_workdir
 from bench.config import load_config
 from bench.encoders import _autocast_dtype, encoder_precision, fuse_activations, recbole_data
 from bench.split import build_split
+from conftest import best_of
 
 BATCHES = 3
 
@@ -49,25 +49,13 @@ def _steps(model, batches, anomaly: bool, dtype: torch.dtype):
     return run
 
 
-def _best(fns: dict, repeats: int = 3) -> dict:
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - start)
-    return best
-
-
 def test_encoder_training_step_against_recboles_own_path(model_and_batches):
     base, batches, precision = model_and_batches
     fns = {"recbole": _steps(copy.deepcopy(base), batches, True, torch.float32),
            "no_anomaly": _steps(copy.deepcopy(base), batches, False, torch.float32),
            "fused_gelu": _steps(fuse_activations(copy.deepcopy(base)), batches, False, torch.float32),
            "harness": _steps(fuse_activations(copy.deepcopy(base)), batches, False, precision.dtype)}
-    best = _best(fns)
+    best = best_of(fns, repeats=3)
     report = {"dtype": str(precision.dtype), "sequences_per_batch": len(batches[0]),
               "speedup_vs_recbole": {k: round(best["recbole"] / v, 2) for k, v in best.items()}, "goal": 5.0}
     print("\nSASRec training step on ml-100k:", json.dumps(report))

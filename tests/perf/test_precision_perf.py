@@ -4,30 +4,16 @@ SmolLM2, and the fraction of the machine's peak each reaches. The peak is a plai
 dtype timed in the same run; a pass's FLOPs are counted from the backbone's config (:func:`forward_flops`).
 Ratios only: absolute times depend on the machine and on what else runs."""
 import json
-import time
 
 import pytest
 import torch
 
 from bench.llm import load_backbone
 from bench.prefix_kv import prefixed
+from conftest import best_of
 
 BACKBONES = {"minilm": (64, 32), "smollm2-135m": (16, 32)}  # sequences x tokens per timed pass
 GOALS = {"encode_speedup": 2.5, "encode_peak_fraction": 0.5, "train_speedup": 1.4}
-
-
-def _best(fns: dict, repeats: int = 5) -> dict:
-    """Fastest of ``repeats`` timed calls of each function, the functions interleaved so that other work on the
-    machine slows them alike; one warm-up call each first (oneDNN picks its kernels on the first call)."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - start)
-    return best
 
 
 def _matmul(dtype: torch.dtype, n: int = 1024):
@@ -75,7 +61,7 @@ def test_bfloat16_speed_and_peak_fraction(name):
         fns[dtype, "train"] = lambda b=backbone, i=ids, m=mask, p=prefixes: _train_step(b, i, m, p)
         flops[dtype, "encode"] = forward_flops(backbone, batch, tokens)
         flops[dtype, "train"] = 3 * flops[dtype, "encode"]  # a backward pass costs about two forward passes
-    best = _best(fns)
+    best = best_of(fns)
     for dtype in ("float32", "bfloat16"):
         peak = flops[dtype, "peak"] / best[dtype, "peak"]
         report[dtype] = {"encode_tokens_per_s": round(batch * tokens / best[dtype, "encode"]),
