@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--f32", type=Path, default=ROOT / "results" / "ml-100k-float32")
     parser.add_argument("--bf16", type=Path, default=ROOT / "results" / "ml-100k-default")
     args = parser.parse_args()
+    os.chdir(ROOT)  # paths in the written table are relative to the repository
+    args.f32, args.bf16 = (Path(os.path.relpath(p.resolve(), ROOT)) for p in (args.f32, args.bf16))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     run_f32(args.f32)
     from bench import report
