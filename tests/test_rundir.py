@@ -10,7 +10,7 @@ from bench import report
 from bench.errors import BenchError
 from bench.rundir import FORMAT_VERSION, ID_COLUMNS, Manifest, Run
 
-COMMITTED = Path(__file__).resolve().parent.parent / "results" / "ml-100k-default"
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "ml-100k-tuned"  # a committed run of format 1
 
 
 def _copy(tmp_path) -> Path:
