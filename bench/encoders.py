@@ -200,18 +200,20 @@ def recbole_data(split: Split, cfg: Config, device: str, workdir: Path):
     return rb_config, loaders
 
 
-def encoder_key(split: Split, cfg: Config) -> str:
-    """Cache key of the encoder: model name + hash of (split hash, encoder config, versions)."""
+def encoder_key(split: Split, cfg: Config, device: str = "cpu") -> str:
+    """Cache key of the encoder: model name + hash of (split hash, encoder config, the training dtype that
+    ``encoder.dtype`` resolves to on ``device``, versions), so ``auto`` on a machine without bfloat16 never reads
+    an encoder trained in bfloat16."""
     from recbole import __version__ as recbole_version
 
     parts = {"split": split.hash, "encoder": thaw(cfg["encoder"]), "version": ENCODER_VERSION,
-             "recbole": recbole_version}
+             "recbole": recbole_version, "dtype": str(encoder_precision(cfg, device).dtype)}
     return f"{cfg['encoder.model']}-{stable_hash(parts, 16)}"
 
 
 def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cpu", progress=None) -> Encoder:
     """The frozen encoder for (split, encoder config): from the cache, or trained now and cached."""
-    key = encoder_key(split, cfg)
+    key = encoder_key(split, cfg, device)
     entry = CacheEntry(cache_root, "encoders", key, ENCODER_VERSION)
     meta = entry.read()
     if meta is None:

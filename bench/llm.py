@@ -179,16 +179,6 @@ def _freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def backbone_precision(dtype: str, device: torch.device) -> Precision:
-    """The :class:`~bench.precision.Precision` of ``llm.dtype`` on ``device`` (:func:`bench.precision.resolve_dtype`).
-
-    Weights are stored in that dtype (no ``torch.autocast``): on a CPU with AMX, autocast re-casts every weight
-    at every call (``aten::copy_`` took a third of a MiniLM forward pass in the profile), while bfloat16 weights
-    run the forward pass 4-5x faster than float32 and forward + backward as fast as autocast.
-    """
-    return resolve_dtype(dtype, device, "llm.dtype")
-
-
 def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
     """Convert a GGUF file once into a safetensors folder in the cache (transformers cannot save GGUF models)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -231,7 +221,9 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     try:
         config = AutoConfig.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        precision = backbone_precision(dtype, device)
+        # Weights are stored in this dtype, no torch.autocast: on a CPU with AMX autocast re-casts every weight at
+        # every call (aten::copy_ was a third of a MiniLM forward pass); bfloat16 weights are 4-5x faster forward.
+        precision = resolve_dtype(dtype, device, "llm.dtype")
         model = AutoModel.from_pretrained(source, dtype=precision.dtype)
     except OSError as exc:
         raise BenchError(f"cannot load backbone '{name}' from {source}: {str(exc).splitlines()[0]}") from None

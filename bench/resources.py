@@ -106,7 +106,7 @@ class Resources:
         """Whether the encoder the arms need is in the cache already (``None``: no arm needs one)."""
         if not any(a.cls.needs_encoder for a in run_arms):
             return None
-        return self.encoder is not None or (self.cache_root / "encoders" / encoder_key(self.split, self.cfg)
+        return self.encoder is not None or (self.cache_root / "encoders" / encoder_key(self.split, self.cfg, str(self.device))
                                             / "meta.json").is_file()
 
     def llm_for(self, cfg: Config) -> FrozenLLM:
