@@ -23,7 +23,7 @@ import torch
 from bench.cache import CacheEntry, default_cache_root, file_sha256
 from bench.config import stable_hash, suggest
 from bench.errors import BenchError
-from bench.precision import Precision, resolve_dtype
+from bench.precision import Precision, resolve_dtype, use_precise_kernels
 from bench.progress import progress_bar
 from bench.registry import Registry
 
@@ -234,7 +234,8 @@ def load_backbone(name: str, device: torch.device, dtype: str = "auto", cache_ro
     tokenizer.padding_side = "right"
     fingerprint = stable_hash({"name": name, "source": source, "config": config.to_dict(),
                                "weights": _weights_signature(Path(source))}, 16)
-    return Backbone(name, _freeze(model.to(device)), tokenizer, is_decoder, fingerprint, precision=precision)
+    model = _freeze(use_precise_kernels(model).to(device))
+    return Backbone(name, model, tokenizer, is_decoder, fingerprint, precision=precision)
 
 
 def _weights_signature(folder: Path) -> list:

@@ -42,3 +42,48 @@ def resolve_dtype(value: str, device: torch.device, key: str = "llm.dtype",
     if device.type == "cpu" and cpu_has_native_bfloat16():
         return Precision(torch.bfloat16, "auto: the CPU has native bfloat16 (avx512_bf16/amx_bf16)")
     return Precision(torch.float32, f"auto: float32 on {device.type} without native bfloat16")
+
+
+#: The attention implementation :func:`use_precise_kernels` switches a backbone to (transformers' attention
+#: interface): PyTorch's scaled-dot-product attention with the kernel chosen per call by :func:`attention_kernel`.
+ATTENTION = "bench_sdpa"
+
+
+def attention_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """The scaled-dot-product kernel context for one attention call: the plain ("math") kernel for a bfloat16
+    call on the CPU that records a graph, PyTorch's default choice otherwise.
+
+    PyTorch's fused CPU attention (flash) is fast forward, but its bfloat16 backward took 12x its forward
+    (torch.profiler, MiniLM, 64 x 32 tokens: 56% of a prefix-tuning step); the math kernel halves that step and
+    its gradients are no less accurate (``make perf``: ``tests/perf/test_precision_perf.py``). Forward passes
+    without a graph and float32 keep the fused kernel, which is faster there."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    if recording and query.device.type == "cpu" and query.dtype == torch.bfloat16:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
+def sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention function under :func:`attention_kernel` (same signature and result)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    with attention_kernel(query, key, value):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def use_precise_kernels(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch a transformers model that uses SDPA attention to :func:`sdpa_attention` (same masks, same maths);
+    other attention implementations are left as they are. Returns the model."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION, sdpa_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        model.config._attn_implementation = ATTENTION
+    return model

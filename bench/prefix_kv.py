@@ -7,9 +7,9 @@ pooling stays over text positions; the prefix carries no position (no position e
 
 Mechanism: an attention function registered with transformers' attention interface (``bench_prefix``) that
 appends the prefix keys/values and widens the attention mask, then calls PyTorch's scaled-dot-product
-attention. The model is switched to it only inside the ``with`` block. This acts at the attention level of every
-layer, works unchanged for encoders (BERT/MiniLM: bidirectional) and decoders (LLaMA/SmolLM2: causal, grouped
-key/value heads), and gradients reach the prefixes while the backbone's weights stay frozen. A per-layer
+attention (:func:`bench.precision.sdpa_attention`). The model is switched to it only inside the ``with``
+block. This acts at the attention level of every layer, works unchanged for encoders (BERT/MiniLM:
+bidirectional) and decoders (LLaMA/SmolLM2: causal, grouped key/value heads), and gradients reach the prefixes while the backbone's weights stay frozen. A per-layer
 ``past_key_values`` cache would need model-specific cache plumbing (BERT only reads a cache as a decoder), and
 overwriting hidden states (``bench.soft_prompts``) makes the prefix positions part of the sequence.
 """
@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from bench.precision import sdpa_attention
 from bench.soft_prompts import block_input_scales
 
 IMPLEMENTATION = "bench_prefix"
@@ -59,12 +60,10 @@ def _widen_mask(mask: torch.Tensor | None, module, query: torch.Tensor, prefix_l
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     entry = _ACTIVE[-1].get(id(module)) if _ACTIVE else None
     if entry is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        return sdpa_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                              is_causal=is_causal, **kwargs)
     prefix, record = entry
     k_proj, v_proj = _projections(module)
     b, n_kv, _, head_dim = key.shape
@@ -76,8 +75,8 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     mask = _widen_mask(attention_mask, module, query, p_len, key.dtype)
     if record is not None:
         record.append(_prefix_mass(module, query, key, mask, scaling, p_len))
-    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
-                                  is_causal=False, **kwargs)
+    return sdpa_attention(module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False,
+                          **kwargs)
 
 
 @torch.no_grad()

@@ -132,7 +132,7 @@ class LoRAText:
 class IDDirectLoRA(LoRAText, IDDirect):
     """ID-Direct's prompts and item texts, LoRA-adapted backbone trained with the towers."""
 
-    version = "1"
+    version = "2"  # 2: math attention kernel in bfloat16 training passes on a CPU (bench.precision)
     description = "ID-Direct fine-tuned: LoRA adapters on the backbone (peft), trained end to end with the towers."
     defaults = {**IDDirect.defaults, **LoRAText.lora_defaults}
     in_all = False
@@ -142,7 +142,7 @@ class IDDirectLoRA(LoRAText, IDDirect):
 class IDTranslationLoRA(LoRAText, IDTranslation):
     """ID-Translation's prompts and titles, LoRA-adapted backbone trained with the towers."""
 
-    version = "1"
+    version = "2"  # 2: math attention kernel in bfloat16 training passes on a CPU (bench.precision)
     description = ("ID-Translation fine-tuned: LoRA adapters on the backbone (peft), trained end to end with the "
                    "towers.")
     defaults = {**IDTranslation.defaults, **LoRAText.lora_defaults}

@@ -197,7 +197,8 @@ class RARec(TwoTower):
     """RA-Rec: the encoder's user and item representations as prefix keys/values of every layer (see the module
     docstring)."""
 
-    version = "3"  # 3: text-only InfoNCE states stored in bfloat16 (float16 overflowed)
+    version = "4"  # 3: text-only InfoNCE states in bfloat16 (float16 overflowed); 4: bfloat16 training passes on
+    #                a CPU use the math attention kernel (bench.precision.attention_kernel)
     description = ("RA-Rec: the ID encoder's user and item representations projected into every LLM layer as "
                    "prefix keys/values after instruction prefixes; titles as the hard prompt.")
     needs_encoder = True

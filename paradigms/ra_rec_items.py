@@ -98,7 +98,8 @@ class _Aligner(torch.nn.Module):
 class RARecItems(TwoTower):
     """RA-Rec, earlier reading: one soft vector per history item in every layer (see the module docstring)."""
 
-    version = "2"  # 2: InfoNCE as row losses, training in micro_batch passes
+    version = "3"  # 2: InfoNCE as row losses, training in micro_batch passes; 3: math attention kernel in bfloat16
+    #                training passes on a CPU (bench.precision.attention_kernel)
     description = "RA-Rec, earlier reading: one soft vector per history item in every layer, no user representation."
     in_all = False
     needs_encoder = True

@@ -32,3 +32,53 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     assert precision.cpu_has_native_bfloat16()
     (tmp_path / "cpuinfo").write_text(flags.replace("avx512_bf16", ""))
     assert not precision.cpu_has_native_bfloat16()
+
+
+def _attention_ops(model, ids, mask, prefixes=None) -> set[str]:
+    """Names of the attention kernels one forward + backward pass of ``model`` runs (torch.profiler)."""
+    from torch.profiler import profile
+
+    from bench.llm import transformer_blocks
+    from bench.prefix_kv import prefixed
+
+    with profile() as prof:
+        if prefixes is None:
+            out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            with prefixed(model, transformer_blocks(model), list(prefixes)):
+                out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        if out.requires_grad:
+            direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+            (out.float() * direction).sum().backward()
+    return {e.key for e in prof.key_averages() if "scaled_dot_product" in e.key}
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_bfloat16_passes_that_record_a_graph_use_the_math_attention_kernel(family):
+    """PyTorch's fused CPU attention backward in bfloat16 took 12x its forward; graph-recording bfloat16 passes
+    (prefix tuning, LoRA) use the math kernel, passes without a graph and float32 passes keep the fused one, and
+    the math kernel's gradients are the fused kernel's (up to bfloat16 rounding)."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    model = (BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                                  vocab_size=99)) if family == "bert" else
+             LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                    intermediate_size=48, vocab_size=99)))
+    model = precision.use_precise_kernels(model.eval())
+    assert model.config._attn_implementation == precision.ATTENTION
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids, mask = torch.randint(1, 99, (3, 9)), torch.ones(3, 9, dtype=torch.long)
+    fused, math = "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math"
+    grads, start = {}, torch.randn(2, 3, 2, 32)
+    for dtype in (torch.float32, torch.bfloat16):
+        model.to(dtype)
+        prefixes = start.clone().requires_grad_()
+        ops = _attention_ops(model, ids, mask, prefixes)
+        assert (math in ops and fused not in ops) if dtype == torch.bfloat16 else (fused in ops and math not in ops)
+        with torch.no_grad():
+            assert fused in _attention_ops(model, ids, mask)
+        grads[dtype] = prefixes.grad
+    cosine = torch.nn.functional.cosine_similarity(grads[torch.float32].flatten(), grads[torch.bfloat16].flatten(), 0)
+    assert cosine > 0.99
