@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                                          "(both runs must share the split)")
     cmp.add_argument("run_a", type=Path)
     cmp.add_argument("run_b", type=Path)
+    cmp.add_argument("--protocol", help="the evaluation protocol to compare (default: the first of run A's "
+                                        "eval.protocols that run B has too); a sampled one needs the same "
+                                        "candidate lists in both runs")
     cmp.add_argument("--out", type=Path, help="also write the tests as CSV (significance.csv columns)")
     return parser
 
@@ -195,7 +198,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from bench import report
 
-    table, alpha = report.compare_runs(args.run_a, args.run_b)
+    table, alpha = report.compare_runs(args.run_a, args.run_b, args.protocol)
     if args.out:
         from bench.cache import atomic_write_text
 

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from bench.errors import BenchError
+from bench.protocols import parse_protocols
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "default.yaml"
@@ -261,6 +262,7 @@ def _check_values(tree: Mapping) -> None:
         raise BenchError(f"config key 'seeds' must be a non-empty list of integers, got {list(tree['seeds'])!r}")
     if not tree["eval"]["ks"] or not all(isinstance(k, int) and k > 0 for k in tree["eval"]["ks"]):
         raise BenchError("config key 'eval.ks' must be a non-empty list of positive integers")
+    parse_protocols(tree["eval"]["protocols"])
     _check_report(tree["report"])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import pandas as pd
 from bench.config import Config
 from bench.distributed import world
 from bench.contract import Context, Paradigm, ScoreFn, SplitView
-from bench.metrics import evaluate_ranks, metrics_from_ranks
+from bench.metrics import evaluate_protocols, metrics_from_ranks
 from bench.resources import Resources, Timings, seed_everything
 from bench.rundir import ID_COLUMNS
 from bench.split import STAGES, Split
@@ -34,19 +35,22 @@ def local_users(split: Split) -> np.ndarray:
 
 
 def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, chunk_mb: int, progress=None,
-                desc: str = "rank") -> np.ndarray:
+                desc: str = "rank", candidates: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                full: bool = True) -> dict[str, np.ndarray]:
     """Rank (1 = best) of the ``stage`` target of each of :func:`local_users` under ``score`` (one process:
-    [n_users - 1], every real user); with ``mask_history`` the items of the user's history before that stage
-    are excluded from the ranking."""
+    [n_users - 1], every real user), per protocol: ``"full"`` over all items (when ``full``; with
+    ``mask_history`` the items of the user's history before that stage are excluded) and every sampled protocol
+    of ``candidates`` (``{protocol: {stage: negatives [n_users - 1, N]}}``, :mod:`bench.protocols`)."""
     users = local_users(split)
-    histories = [split.history(int(u), stage) for u in users] if mask_history else None
-    return evaluate_ranks(lambda chunk: score(chunk, stage), users, split.target(stage)[users], histories,
-                          split.n_items, chunk_mb, progress, desc)
+    histories = [split.history(int(u), stage) for u in users] if mask_history and full else None
+    negatives = {name: lists[stage][users - 1] for name, lists in (candidates or {}).items()}
+    return evaluate_protocols(lambda chunk: score(chunk, stage), users, split.target(stage)[users], histories,
+                              split.n_items, negatives, full, chunk_mb, progress, desc)
 
 
 def validation_ndcg(split: Split, score: ScoreFn, cfg: Config) -> float:
     """Mean validation NDCG@10 of ``score`` under ``cfg``'s ``eval`` rules: the early-stopping signal."""
-    ranks = stage_ranks(score, split, "valid", cfg["eval.mask_history"], cfg["eval.chunk_mb"])
+    ranks = stage_ranks(score, split, "valid", cfg["eval.mask_history"], cfg["eval.chunk_mb"])["full"]
     values = metrics_from_ranks(ranks, ["ndcg"], [10])["ndcg@10"]
     return float(np.concatenate(world().all_gather_object(values)).mean())
 
@@ -77,9 +81,9 @@ def invalidate(paradigm: Paradigm) -> None:
 class JobResult:
     """What one (arm, seed) job produced.
 
-    ``rows``: the per-user ranks (:data:`bench.rundir.ID_COLUMNS`: paradigm, seed, stage, user, rank) of every
-    stage, ``None`` on the ranks other than 0 of a distributed run; ``tokens``: the prompt-cost rows
-    (:data:`bench.rundir.TOKEN_COLUMNS`, first seed only, else empty); ``info``: the manifest's record of the job
+    ``rows``: the per-user ranks (:data:`bench.rundir.ID_COLUMNS`: paradigm, seed, stage, protocol, user, rank) of
+    every stage and protocol, ``None`` on the ranks other than 0 of a distributed run; ``tokens``: the prompt-cost
+    rows (:data:`bench.rundir.TOKEN_COLUMNS`, first seed only, else empty); ``info``: the manifest's record of the job
     (``trainable_parameters``, ``fit_seconds``, ``score_seconds``, ``training``); ``version``: the paradigm version
     that produced it."""
 
@@ -123,8 +127,7 @@ def run_job(arm, seed: int, resources: Resources, timings: Timings) -> JobResult
     tag = f"{arm.label}/seed{seed}"
     with timings(f"{tag}/fit"):
         fit_paradigm(paradigm, split, context)
-    frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources.progress, timings)
-              for stage in STAGES]
+    frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources, timings) for stage in STAGES]
     rows = gather_rows_on_main(pd.concat(frames, ignore_index=True), split)
     info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
             "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
@@ -135,31 +138,38 @@ def run_job(arm, seed: int, resources: Resources, timings: Timings) -> JobResult
 
 
 def gather_rows_on_main(frame: pd.DataFrame, split: Split) -> pd.DataFrame | None:
-    """Every rank's per-user rows on rank 0, in user order (stage, then user), each user of each stage exactly
-    once (else ``RuntimeError``); ``None`` on the other ranks; ``frame`` itself in one process."""
+    """Every rank's per-user rows on rank 0, in user order (stage, protocol, then user), each user of each stage
+    and protocol exactly once (else ``RuntimeError``); ``None`` on the other ranks; ``frame`` itself in one
+    process."""
     if not world().distributed:
         return frame
     parts = world().gather_to_main(frame)
     if parts is None:
         return None
     rows = pd.concat(parts, ignore_index=True)
+    protocols = list(dict.fromkeys(frame["protocol"]))
+    rows = rows.sort_values(["stage", "protocol"], kind="stable", key=lambda column: column.map(
+        (STAGES if column.name == "stage" else protocols).index)).reset_index(drop=True)
     expected = pd.Series(split.user_ids[split.users])
-    for stage, group in rows.groupby("stage", sort=False):
+    for (stage, protocol), group in rows.groupby(["stage", "protocol"], sort=False):
         if len(group) != len(expected) or not group["user"].reset_index(drop=True).equals(expected):
-            raise RuntimeError(f"gathered {stage} rows do not cover every user exactly once "
+            raise RuntimeError(f"gathered {stage} {protocol} rows do not cover every user exactly once "
                                f"({len(group)} rows for {len(expected)} users)")
-    return rows.sort_values("stage", key=lambda s: s.map(STAGES.index), kind="stable").reset_index(drop=True)
+    return rows
 
 
-def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: Split, cfg: Config, progress,
-                 timings: Timings) -> pd.DataFrame:
+def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: Split, cfg: Config,
+                 resources: Resources, timings: Timings) -> pd.DataFrame:
+    """The per-user rows of one stage: one block per protocol, in ``eval.protocols`` order."""
     tag = f"{label}/seed{seed}"
     with timings(f"{tag}/score_{stage}"):
         ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
-                            progress, f"{tag} {stage}")
+                            resources.progress, f"{tag} {stage}", resources.candidates,
+                            full="full" in cfg["eval.protocols"])
     users = split.user_ids[local_users(split)]
-    return pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "user": users,
-                         "rank": ranks})[list(ID_COLUMNS)]
+    return pd.concat([pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "protocol": name,
+                                    "user": users, "rank": ranks[name]})[list(ID_COLUMNS)]
+                      for name in cfg["eval.protocols"]], ignore_index=True)
 
 
 def _token_rows(paradigm: Paradigm, label: str, split: Split) -> list[tuple]:

@@ -1,4 +1,5 @@
-"""Full-ranking evaluation: per-user ranks of the held-out item among all items, and metrics from ranks.
+"""Ranking evaluation: per-user ranks of the held-out item among all items (full ranking) or among a sampled
+candidate list (``bench.protocols``), and metrics from ranks.
 
 ``rank = 1 + #{candidates scoring higher} + #{other candidates scoring equal}``: ties count against the
 target, so a constant scorer earns nothing. Candidates are all items except the padding id 0 and (with
@@ -9,7 +10,7 @@ comparison is done in item slices of that block, so no ``users x items`` matrix 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -76,16 +77,29 @@ def rank_chunk(scores: torch.Tensor, targets: np.ndarray, histories: Sequence[np
     return (better + 1).cpu().numpy()
 
 
-def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
-                   histories: Sequence[np.ndarray] | None, n_items: int, chunk_mb: int = 256,
-                   progress=None, desc: str = "rank") -> np.ndarray:
-    """Rank of each user's target over all items, computed chunk by chunk.
+def sampled_ranks(scores: torch.Tensor, targets: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Ranks ``[b]`` (1 to ``N + 1``) of ``targets`` among themselves and their ``negatives`` ``[b, N]`` (item ids)
+    in a score block ``[b, n_items]``: ``1 + #{negatives scoring >= the target}``, ties against the target."""
+    columns = np.concatenate([np.asarray(targets, dtype=np.int64).reshape(-1, 1), negatives], axis=1)
+    picked = comparable_copy(scores.gather(1, torch.as_tensor(columns, device=scores.device)))  # [b, 1 + N]
+    return ((picked[:, 1:] >= picked[:, :1]).sum(dim=1) + 1).cpu().numpy()
 
-    ``score_fn(user_chunk) -> Tensor[len(chunk), n_items]``; ``targets`` and ``histories`` align with ``users``
-    (``histories=None`` disables history masking). Returns int64 ranks ``[len(users)]``, 1 = best.
+
+def evaluate_protocols(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
+                       histories: Sequence[np.ndarray] | None, n_items: int,
+                       negatives: Mapping[str, np.ndarray] | None = None, full: bool = True, chunk_mb: int = 256,
+                       progress=None, desc: str = "rank") -> dict[str, np.ndarray]:
+    """Rank of each user's target under full ranking (``full``, key ``"full"``) and under every sampled protocol
+    of ``negatives`` (``{protocol: [len(users), N]}`` item ids), from one ``score_fn`` pass, chunk by chunk.
+
+    ``score_fn(user_chunk) -> Tensor[len(chunk), n_items]``; ``targets``, ``histories`` and the rows of
+    ``negatives`` align with ``users`` (``histories=None`` disables history masking of the full ranking).
+    Returns ``{protocol: int64 ranks [len(users)]}``, 1 = best.
     """
     users = np.asarray(users, dtype=np.int64)
-    ranks = np.empty(len(users), dtype=np.int64)
+    negatives = dict(negatives or {})
+    names = (["full"] if full else []) + list(negatives)
+    ranks = {name: np.empty(len(users), dtype=np.int64) for name in names}
     step = chunk_size(n_items, chunk_mb)
     with progress_bar(progress, total=len(users), desc=desc, unit="user", leave=False) as bar:
         for start in range(0, len(users), step):
@@ -94,10 +108,27 @@ def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
                 scores = score_fn(users[start:stop])
             if tuple(scores.shape) != (stop - start, n_items):
                 raise BenchError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")
-            chunk_hist = None if histories is None else histories[start:stop]
-            ranks[start:stop] = rank_chunk(scores, targets[start:stop], chunk_hist)
+            if full:
+                chunk_hist = None if histories is None else histories[start:stop]
+                ranks["full"][start:stop] = rank_chunk(scores, targets[start:stop], chunk_hist)
+            elif torch.isnan(scores).any():
+                raise BenchError("a paradigm returned NaN scores; check its training (learning rate, inputs)")
+            for name, lists in negatives.items():
+                ranks[name][start:stop] = sampled_ranks(scores, targets[start:stop], lists[start:stop])
             bar.update(stop - start)
     return ranks
+
+
+def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
+                   histories: Sequence[np.ndarray] | None, n_items: int, chunk_mb: int = 256,
+                   progress=None, desc: str = "rank") -> np.ndarray:
+    """Rank of each user's target over all items (:func:`evaluate_protocols`' full ranking alone).
+
+    ``score_fn(user_chunk) -> Tensor[len(chunk), n_items]``; ``targets`` and ``histories`` align with ``users``
+    (``histories=None`` disables history masking). Returns int64 ranks ``[len(users)]``, 1 = best.
+    """
+    return evaluate_protocols(score_fn, users, targets, histories, n_items, chunk_mb=chunk_mb, progress=progress,
+                              desc=desc)["full"]
 
 
 @dataclass(frozen=True)

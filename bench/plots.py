@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import io
+
 import numpy as np
 import pandas as pd
 
 from bench import stats
 from bench.cache import atomic_write_bytes
+from bench.protocols import FULL
 from bench.rundir import Run, display_name
 
 DPI = 130
@@ -36,13 +38,17 @@ def _save(fig, path) -> None:
 
 
 def draw_all(run: Run) -> list[str]:
-    """Draw every plot the run's data allows; returns the file names written."""
+    """Draw every plot the run's data allows; returns the file names written. The plots read the main (first)
+    protocol; every other protocol gets its own ``metrics-PROTOCOL.png``."""
     plt, sns = _pyplot()
-    main = run.report_metrics[:2]
+    first, *others = run.protocols
+    main_view = run.for_protocol(first)
+    plots = [(name, draw, main_view, run.protocol_metrics(first)[:2]) for name, draw in (
+        ("metrics.png", metrics_plot), ("tokens.png", tokens_plot), ("efficiency.png", efficiency_plot))]
+    plots += [(f"metrics-{p}.png", metrics_plot, run.for_protocol(p), run.protocol_metrics(p)[:2]) for p in others]
     written = []
-    for name, draw in (("metrics.png", metrics_plot), ("tokens.png", tokens_plot),
-                       ("efficiency.png", efficiency_plot)):
-        fig = draw(run, main, plt, sns)
+    for name, draw, view, metrics in plots:
+        fig = draw(view, metrics, plt, sns)
         if fig is not None:
             _save(fig, run.path / name)
             plt.close(fig)
@@ -73,8 +79,9 @@ def metrics_plot(run: Run, metrics: list[str], plt, sns):
         ax.set_xlim(0, max(high.max() * 1.3, 1e-3))
         ax.set_xlabel(f"{display_name(metric)} (test, mean over users)")
         ax.set_ylabel("")
-    fig.suptitle(f"{run.manifest.dataset}: accuracy per paradigm (error bars: 95% bootstrap CI over users)",
-                 fontsize=12)
+    protocol = run.protocols[0] if run.protocols != [FULL] else None
+    where = f"{run.manifest.dataset}" + (f", protocol {protocol}" if protocol else "")
+    fig.suptitle(f"{where}: accuracy per paradigm (error bars: 95% bootstrap CI over users)", fontsize=12)
     fig.tight_layout()
     return fig
 

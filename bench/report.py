@@ -11,6 +11,8 @@ An undefined test (a NaN p-value) is written as ``nan`` in ``significance.csv`` 
 from __future__ import annotations
 
 import string
+from itertools import combinations
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pandas as pd
 from bench import plots, stats
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
+from bench.protocols import FULL, parse_protocol
 from bench.rundir import Run, display_name, incomparable, write_json
 
 LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -46,36 +49,75 @@ def significance_csv(tests: pd.DataFrame) -> str:
     return tests.to_csv(index=False, float_format="%.6g", na_rep="nan")
 
 
-def significance(run: Run) -> pd.DataFrame:
-    """Pairwise tests of every paradigm pair of the run on ``report.metrics`` (test stage)."""
+def significance(run: Run, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Pairwise tests of every paradigm pair of the run on ``metrics`` (default ``report.metrics``; test stage).
+    ``run`` holds one protocol's rows (:meth:`Run.for_protocol`)."""
     cfg = run.config
-    return stats.compare(run.per_user, run.report_metrics, "test", cfg["report.bootstrap"], cfg["report.seed"],
-                         cfg["report.test"])
+    return stats.compare(run.per_user, metrics or run.report_metrics, "test", cfg["report.bootstrap"],
+                         cfg["report.seed"], cfg["report.test"])
+
+
+@dataclass
+class ProtocolReport:
+    """One protocol's share of a report: its rows, the metrics that say something under it, their summary,
+    the pairwise tests and the results table; ``suffix`` names its files (empty for the main protocol)."""
+
+    name: str
+    view: Run
+    metrics: list[str]
+    summary: dict
+    tests: pd.DataFrame
+    table: pd.DataFrame
+    suffix: str
+
+
+def protocol_reports(run: Run) -> list[ProtocolReport]:
+    """Every protocol's :class:`ProtocolReport`, the main (first) one first."""
+    out = []
+    for index, name in enumerate(run.protocols):
+        view, metrics = run.for_protocol(name), run.protocol_metrics(name)
+        summary = summarise(view.per_user, view.metrics)
+        tests = significance(view, metrics)
+        out.append(ProtocolReport(name, view, metrics, summary, tests, results_table(view, summary, tests, metrics),
+                                  "" if index == 0 else f"-{name}"))
+    return out
 
 
 def build(run_dir: Path, overrides=()) -> None:
     """(Re)write every table and plot of ``run_dir`` from its saved files; ``overrides`` (``report.*`` keys,
-    ``--set``-style) change this report's settings, not the run's saved ``config.yaml``."""
+    ``--set``-style) change this report's settings, not the run's saved ``config.yaml``. The main protocol's
+    files keep their plain names; every other protocol writes ``results-PROTOCOL.csv`` / ``.tex`` and
+    ``significance-PROTOCOL.csv``, and ``results.md`` holds a section per protocol."""
     run = Run.from_disk(run_dir, overrides)
-    summary = summarise(run.per_user, run.metrics)
-    write_json(run.path / "metrics.json", {
-        "dataset": run.manifest.dataset, "split_hash": run.manifest.split_hash,
-        "paradigms": {name: {"version": run.manifest.version(name), "stages": stages}
-                      for name, stages in summary.items()}})
-    tests = significance(run)
-    atomic_write_text(run.path / "significance.csv", significance_csv(tests))
-    table = results_table(run, summary, tests)
-    atomic_write_text(run.path / "results.csv", table.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(run.path / "results.md", results_md(run, table, summary))
-    atomic_write_text(run.path / "results.tex", results_tex(run, table))
+    parts = protocol_reports(run)
+    write_json(run.path / "metrics.json", _metrics_json(run, parts))
+    for part in parts:
+        atomic_write_text(run.path / f"significance{part.suffix}.csv", significance_csv(part.tests))
+        atomic_write_text(run.path / f"results{part.suffix}.csv", part.table.to_csv(index=False, float_format="%.6g"))
+        atomic_write_text(run.path / f"results{part.suffix}.tex", results_tex(part.view, part.table, part.metrics))
+    atomic_write_text(run.path / "results.md", results_md(run, parts))
     plots.draw_all(run)
 
 
+def _metrics_json(run: Run, parts: list[ProtocolReport]) -> dict:
+    """``metrics.json``: the main protocol's metrics under ``paradigms`` (as runs before protocols existed), and
+    every protocol's under ``protocols`` when the run has any but full ranking."""
+    def paradigms(summary: dict) -> dict:
+        return {name: {"version": run.manifest.version(name), "stages": stages} for name, stages in summary.items()}
+
+    out = {"dataset": run.manifest.dataset, "split_hash": run.manifest.split_hash,
+           "paradigms": paradigms(parts[0].summary)}
+    if run.protocols != [FULL]:
+        out["protocols"] = {part.name: paradigms(part.summary) for part in parts}
+    return out
+
+
 # -- the results table ---------------------------------------------------------------------------------------
-def results_table(run: Run, summary: dict, tests: pd.DataFrame) -> pd.DataFrame:
-    """One row per paradigm: letter, mean/std (over seeds) of each report metric and the letters of the
-    paradigms it beats significantly, trainable parameters, mean prompt tokens, mean fit seconds."""
-    metrics = run.report_metrics
+def results_table(run: Run, summary: dict, tests: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """One row per paradigm: letter, mean/std (over seeds) of each of ``metrics`` (default ``report.metrics``)
+    and the letters of the paradigms it beats significantly, trainable parameters, mean prompt tokens, mean fit
+    seconds."""
+    metrics = metrics or run.report_metrics
     letters = dict(zip(run.paradigms, LETTERS))
     wins = stats.beaten(tests, run.config["report.alpha"])
     prompt = (run.tokens["hard_tokens"] + run.tokens["soft_tokens"]).groupby(run.tokens["paradigm"]).mean()
@@ -100,16 +142,18 @@ def _best(table: pd.DataFrame, metric: str) -> set[str]:
     return set(table.loc[means == means.max(), "paradigm"]) if means.notna().any() else set()
 
 
-def _caption(run: Run) -> str:
+def _caption(run: Run, metrics: list[str], family: str = "the run") -> str:
+    """What a results table shows: stage, protocol (``run`` holds one protocol's rows), averaging and tests."""
     n_paradigms = len(run.paradigms)
-    n_tests = len(run.report_metrics) * n_paradigms * (n_paradigms - 1) // 2
+    n_tests = len(metrics) * n_paradigms * (n_paradigms - 1) // 2
     seeds = run.seeds
     spread = f", then mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 \
         else f" (seed {seeds[0]})"
     test = {"t": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}[run.config["report.test"]]
-    return (f"Test stage, full ranking over all items; mean over users{spread}. A superscript lists the "
+    protocol = parse_protocol(run.protocols[0])
+    return (f"Test stage, {protocol.describe()}; mean over users{spread}. A superscript lists the "
             f"paradigms (by letter) that a paradigm beats significantly: {test} on per-user values averaged "
-            f"over seeds, Holm-corrected over all {n_tests} comparisons of the run, "
+            f"over seeds, Holm-corrected over all {n_tests} comparisons of {family}, "
             f"p < {run.config['report.alpha']:g}. Best value per column in bold.")
 
 
@@ -136,19 +180,41 @@ def _extras(row: pd.Series, with_samples: bool) -> list[str]:
     return [params, *samples, tokens, seconds]
 
 
-def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
-    """Markdown results table with superscript letters, the run's identity, the validation table and the
-    prompt-cost table."""
-    metrics = run.report_metrics
-    manifest, multi = run.manifest, len(run.seeds) > 1
+def results_md(run: Run, parts: list[ProtocolReport]) -> str:
+    """Markdown results: the main protocol's table with superscript letters and the run's identity, a section per
+    other protocol, where the protocols order the paradigms differently, the validation table and the prompt-cost
+    table."""
+    manifest, main = run.manifest, parts[0]
+    family = "the run" if len(parts) == 1 else "the protocol"
     lines = [f"# Results: {manifest.dataset}", "",
-             _caption(run), "",
+             _caption(main.view, main.metrics, family), "",
              f"- split `{manifest.split_hash}`, config `{manifest.config_hash}`, "
              f"encoder `{(manifest.encoder or {}).get('key', 'none')}`",
              f"- command: `{manifest.command}`",
              "- every pairwise test (p-values, bootstrap 95% CI, wins/ties/losses): `significance.csv`", ""]
+    lines += _table_md(main.view, main.table, main.metrics)
+    own = _own_budgets(manifest, run.config)
+    if own:
+        lines += ["Training budgets differ: " + "; ".join(own) + " (every other paradigm: the shared `train` "
+                  "section).", ""]
+    for part in parts[1:]:
+        lines += [f"## Protocol {part.name}", "", _caption(part.view, part.metrics, family), "",
+                  f"Pairwise tests: `significance{part.suffix}.csv`; candidate lists: `candidates.npz` (hash "
+                  f"`{manifest.protocols.get(part.name, {}).get('hash', '?')}`).", ""]
+        lines += _table_md(part.view, part.table, part.metrics)
+    if len(parts) > 1:
+        lines += _agreement_md(parts)
+    lines += _validation_md(main.view, main.summary, main.metrics)
+    if len(run.tokens):
+        lines += _token_md(run.tokens)
+    return "\n".join(lines)
+
+
+def _table_md(run: Run, table: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """The Markdown lines of one results table: mean ± std, superscript letters, best value in bold, extras."""
+    multi = len(run.seeds) > 1
     header, with_samples = ["", "paradigm", *map(display_name, metrics), *_extra_headers(table)], _with_samples(table)
-    lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     best = {m: _best(table, m) for m in metrics}
     for _, row in table.iterrows():
         cells = [row["letter"], row["paradigm"]]
@@ -158,20 +224,48 @@ def results_md(run: Run, table: pd.DataFrame, summary: dict) -> str:
             beats = row[f"{metric}_beats"]
             cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
         lines.append("| " + " | ".join(cells + _extras(row, with_samples)) + " |")
-    lines.append("")
-    own = _own_budgets(manifest, run.config)
-    if own:
-        lines += ["Training budgets differ: " + "; ".join(own) + " (every other paradigm: the shared `train` "
-                  "section).", ""]
-    lines += _validation_md(run, summary)
-    if len(run.tokens):
-        lines += _token_md(run.tokens)
-    return "\n".join(lines)
+    return lines + [""]
 
 
-def _validation_md(run: Run, summary: dict) -> list[str]:
+def protocol_agreement(parts: list[ProtocolReport], metric: str) -> pd.DataFrame:
+    """Per protocol after the main one: Kendall's tau between its order of the paradigms by ``metric`` (test
+    means) and the main protocol's, and the pairs whose order flips (``"a > b"`` under the main protocol)."""
+    from scipy.stats import kendalltau
+
+    def means(part: ProtocolReport) -> pd.Series:
+        return part.table.set_index("paradigm")[f"{metric}_mean"]
+
+    base, rows = means(parts[0]), []
+    for part in parts[1:]:
+        other = means(part).reindex(base.index)
+        tau = kendalltau(base.to_numpy(), other.to_numpy()).statistic if len(base) > 1 else float("nan")
+        flips = [f"{a} > {b}" if base[a] > base[b] else f"{b} > {a}" for a, b in combinations(base.index, 2)
+                 if (base[a] - base[b]) * (other[a] - other[b]) < 0]
+        rows.append({"protocol": part.name, "metric": metric, "kendall_tau": tau, "flips": flips})
+    return pd.DataFrame(rows)
+
+
+def _agreement_md(parts: list[ProtocolReport]) -> list[str]:
+    """Where the protocols order the paradigms differently: rank correlation with the main protocol's order and
+    the pairs that flip, on the first metric every protocol reports."""
+    metric = next((m for m in parts[0].metrics if all(m in part.metrics for part in parts)), None)
+    if metric is None:
+        return []
+    table = protocol_agreement(parts, metric)
+    lines = ["## Do the protocols agree?", "",
+             f"Order of the paradigms by test {display_name(metric)} under each protocol against {parts[0].name} "
+             f"(Kendall's tau: 1 = the same order); a flip is a pair ordered one way under {parts[0].name} "
+             "and the other way here.", "", f"| protocol | Kendall's tau | pairs that flip ({parts[0].name} order) |",
+             "|---|---:|---|"]
+    for row in table.itertuples(index=False):
+        tau = "n/a" if pd.isna(row.kendall_tau) else f"{row.kendall_tau:.2f}"
+        lines.append(f"| {row.protocol} | {tau} | {'; '.join(row.flips) or 'none'} |")
+    return lines + [""]
+
+
+def _validation_md(run: Run, summary: dict, metrics: list[str]) -> list[str]:
     """The report metrics on the validation stage (what early stopping, tuning and defaults are chosen on)."""
-    metrics, multi = run.report_metrics, len(run.seeds) > 1
+    multi = len(run.seeds) > 1
     lines = ["## Validation", "", "The same metrics on the validation stage (each user's second-to-last item), "
              "where early stopping, `bench tune` and the defaults choose; compare settings here, not on the test "
              "table.", "", "| paradigm | " + " | ".join(map(display_name, metrics)) + " |",
@@ -210,6 +304,11 @@ def _token_md(tokens: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def _label_suffix(run: Run) -> str:
+    protocol = run.protocols[0]
+    return "" if protocol == FULL else f"-{protocol}"
+
+
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$"}
 
@@ -219,18 +318,18 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
-def results_tex(run: Run, table: pd.DataFrame) -> str:
-    """A ``table`` environment of the results table (needs ``\\usepackage{booktabs,graphicx}``), scaled to the
-    line width."""
-    metrics = run.report_metrics
+def results_tex(run: Run, table: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """A ``table`` environment of the results table of ``metrics`` (default ``report.metrics``; needs
+    ``\\usepackage{booktabs,graphicx}``), scaled to the line width."""
+    metrics = metrics or run.report_metrics
     multi = len(run.seeds) > 1
     best = {m: _best(table, m) for m in metrics}
     with_samples = _with_samples(table)
     header = ["", "Paradigm", *(tex_escape(display_name(m)) for m in metrics), "Params",
               *(["Samples"] if with_samples else []), "Tokens", "Time (s)"]
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{{tex_escape(run.manifest.dataset)}: {tex_escape(_caption(run))}}}",
-             rf"\label{{tab:bench-{tex_escape(run.manifest.dataset)}}}",
+             rf"\caption{{{tex_escape(run.manifest.dataset)}: {tex_escape(_caption(run, metrics))}}}",
+             rf"\label{{tab:bench-{tex_escape(run.manifest.dataset)}{_label_suffix(run)}}}",
              r"\resizebox{\linewidth}{!}{%", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
              " & ".join(header) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
@@ -249,20 +348,32 @@ def results_tex(run: Run, table: pd.DataFrame) -> str:
 
 
 # -- two runs ------------------------------------------------------------------------------------------------
-def compare_runs(dir_a: Path, dir_b: Path) -> tuple[pd.DataFrame, float]:
+def compare_runs(dir_a: Path, dir_b: Path, protocol: str | None = None) -> tuple[pd.DataFrame, float]:
     """Paired tests of every paradigm present in both runs, run A's against run B's (labels ``A:NAME`` and
-    ``B:NAME``), on run A's ``report.metrics`` (computed from each run's ranks); Holm over all rows. The runs must
-    be comparable (:func:`bench.rundir.incomparable`: same split, same history masking), else a one-line error
-    naming the field that differs. Returns the table and run A's ``report.alpha``."""
+    ``B:NAME``), on run A's ``report.metrics`` that say something under ``protocol`` (computed from each run's
+    ranks); Holm over all rows. ``protocol`` defaults to the first of run A's protocols that run B has too. The
+    runs must be comparable (:func:`bench.rundir.incomparable`: same split, same history masking, the same
+    candidate lists for a sampled protocol), else a one-line error naming the field that differs. Returns the
+    table and run A's ``report.alpha``."""
     run_a, run_b = Run.from_disk(dir_a), Run.from_disk(dir_b)
     reason = incomparable(run_a, run_b)
     if reason:
         raise BenchError(reason)
+    protocol = protocol or next((p for p in run_a.protocols if p in run_b.protocols), run_a.protocols[0])
+    for run in (run_a, run_b):
+        if protocol not in run.protocols:
+            raise BenchError(f"{run.path} has no protocol {protocol!r} (it has {', '.join(run.protocols)}); "
+                             "pass --protocol with one both runs have")
+    lists = [run.manifest.protocols.get(protocol, {}).get("hash") for run in (run_a, run_b)]
+    if lists[0] != lists[1]:
+        raise BenchError(f"{dir_a} and {dir_b} are not comparable under {protocol}: their candidate lists differ "
+                         f"({lists[0]} vs {lists[1]}); rerun one with the other's eval.candidate_seed")
+    metrics = run_a.protocol_metrics(protocol)
+    run_a, run_b = run_a.for_protocol(protocol), run_b.for_protocol(protocol)
     common = [p for p in run_a.paradigms if p in run_b.paradigms]
     if not common:
         raise BenchError(f"{dir_a} and {dir_b} have no paradigm in common; `bench compare` tests the same "
                          "paradigm across two runs")
-    metrics = run_a.report_metrics
     rows_b = run_b.with_metrics(metrics)
     matrices = {}
     for metric in metrics:

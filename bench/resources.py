@@ -24,6 +24,7 @@ from bench.encoders import Encoder, encoder_key, load_or_train
 from bench.errors import BenchError
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import Backbone, load_backbone
+from bench.protocols import candidate_lists, candidates_hash, parse_protocols
 from bench.split import build_split
 
 
@@ -78,7 +79,8 @@ def load_llm(cfg: Config, device: torch.device, cache_root: Path, progress=None)
 
 
 class Resources:
-    """The split, encoder and backbones of a run, loaded once and on demand."""
+    """The split, candidate lists (``eval.protocols``), encoder and backbones of a run, loaded once and on
+    demand."""
 
     def __init__(self, cfg: Config, device: torch.device, progress: Callable | None, timings: Timings):
         self.cfg, self.device, self.progress, self.timings = cfg, device, progress, timings
@@ -89,6 +91,10 @@ class Resources:
         with timings("split"), world().main_first():  # rank 0 builds the cache entry, the others read it
             self.split = build_split(cfg, self.cache_root, progress)
         world().check_same(self.split.hash, "splits")
+        with timings("candidates"):
+            self.protocols = parse_protocols(cfg["eval.protocols"])
+            self.candidates = candidate_lists(self.split, self.protocols, cfg["eval.candidate_seed"])
+        world().check_same(candidates_hash(self.candidates), "candidate lists")
 
     def prepare(self, run_arms: list) -> None:
         """Load what the arms need before the first job: every backbone, and the encoder."""

@@ -1,8 +1,10 @@
 """The run directory: what a finished run holds on disk, typed, and read back the same way by every consumer.
 
 A run directory holds ``config.yaml`` (the resolved config), ``manifest.json`` (a :class:`Manifest`: what ran,
-on what, for how long), ``per_user.csv`` (one row per paradigm, seed, stage and user: the target's rank, and
-nothing else: :data:`ID_COLUMNS`) and ``tokens.csv`` (one row per LLM paradigm and user: prompt cost).
+on what, for how long), ``per_user.csv`` (one row per paradigm, seed, stage, protocol and user: the target's
+rank, and nothing else: :data:`ID_COLUMNS`), ``tokens.csv`` (one row per LLM paradigm and user: prompt cost)
+and, when ``eval.protocols`` names sampled protocols, ``candidates.npz`` (their candidate lists,
+``bench.protocols``).
 ``bench.report`` and ``bench.plots`` read it through :meth:`Run.from_disk` only, which computes every metric from
 the ranks (``bench.metrics.METRICS``): ``eval.metrics`` at every K of ``eval.ks`` and ``report.ks``, plus whatever
 ``report.metrics`` names, so a report of an old run can add a K or a metric without rerunning it.
@@ -11,7 +13,8 @@ the ranks (``bench.metrics.METRICS``): ``eval.metrics`` at every K of ``eval.ks`
 is version 1 too) also stored the metric columns in ``per_user.csv``, rounded to 10 significant digits, and its
 tables were computed from those: every run's metrics are computed from its ranks and rounded the same way
 (:data:`METRIC_DIGITS`), so a version-1 run's tables rebuild byte for byte and equal ranks give equal values in
-either version. A run of any other version is a clear error.
+either version. Versions 1 and 2 have no ``protocol`` column: every row is a full ranking (``full``). A run of
+any other version is a clear error.
 """
 from __future__ import annotations
 
@@ -28,10 +31,11 @@ from bench.cache import atomic_write_text
 from bench.config import Config, check_report_values, load_config, parse_override
 from bench.errors import BenchError
 from bench.metrics import METRICS, metric_names, metrics_from_ranks
+from bench.protocols import FULL, parse_protocol
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-ID_COLUMNS = ("paradigm", "seed", "stage", "user", "rank")
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+ID_COLUMNS = ("paradigm", "seed", "stage", "protocol", "user", "rank")
 MAIN_METRICS = ("hit@100", "ndcg@10")
 TOKEN_COLUMNS = ("paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept")
 FILES = ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")
@@ -91,7 +95,8 @@ def write_json(path: Path, data: Any) -> None:
 class Manifest:
     """What a run did. ``paradigms`` maps each label to its record: ``paradigm``, ``version``, ``options``,
     ``description``, ``sweep_value`` and ``seeds`` (seed -> the job's info: ``trainable_parameters``,
-    ``fit_seconds``, ``score_seconds``, ``training``)."""
+    ``fit_seconds``, ``score_seconds``, ``training``); ``protocols`` each sampled protocol's candidate lists
+    (``sampling``, ``negatives``, ``seed``, ``hash``)."""
 
     created: str
     command: str | None
@@ -111,6 +116,7 @@ class Manifest:
     sweep: dict | None = None
     resumed_jobs: list = field(default_factory=list)
     resumed_by: str | None = None
+    protocols: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -183,6 +189,8 @@ class Run:
             if not path.is_file():
                 raise BenchError(f"{run_dir} is not a finished run directory: {name} is missing")
         per_user = pd.read_csv(files["per_user.csv"], dtype={"user": str})
+        if "protocol" not in per_user.columns:  # formats 1 and 2: full ranking only
+            per_user.insert(3, "protocol", FULL)
         missing = [c for c in ID_COLUMNS if c not in per_user.columns]
         if missing:
             raise BenchError(f"{files['per_user.csv']}: missing column {missing[0]!r}")
@@ -221,6 +229,16 @@ class Run:
         return list(dict.fromkeys(self.per_user["paradigm"]))
 
     @property
+    def protocols(self) -> list[str]:
+        """Protocol names in ``eval.protocols`` order (the first is the main one; ``full`` for older runs)."""
+        return list(dict.fromkeys(self.per_user["protocol"]))
+
+    def for_protocol(self, name: str) -> "Run":
+        """This run with the rows of one protocol only (what every table, test and plot of a protocol reads)."""
+        return dataclasses.replace(self, per_user=self.per_user[self.per_user["protocol"] == name]
+                                   .reset_index(drop=True))
+
+    @property
     def seeds(self) -> list[int]:
         return sorted({int(s) for s in self.per_user["seed"]})
 
@@ -228,6 +246,12 @@ class Run:
     def report_metrics(self) -> list[str]:
         """``report.metrics``: the columns of the tables, tested pairwise and plotted (each is in :attr:`metrics`)."""
         return list(dict.fromkeys(self.config["report.metrics"]))
+
+    def protocol_metrics(self, protocol: str) -> list[str]:
+        """:attr:`report_metrics` that say something under ``protocol``: a sampled protocol of N negatives drops
+        every cut-off K > N (HR@100 among 100 candidates is 1 for every user)."""
+        parsed = parse_protocol(protocol)
+        return [m for m in self.report_metrics if not parsed.trivial(int(m.partition("@")[2]))]
 
 
 def _report_config(path: Path, overrides: Iterable[str | Mapping]) -> Config:

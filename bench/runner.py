@@ -27,6 +27,7 @@ from bench import distributed, estimate, metrics, plan, registry, report
 from bench.config import Config, suggest
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
+from bench.protocols import candidates_hash, save_candidates
 from bench.resources import Resources, Timings, pick_device
 from bench.rundir import Manifest, Run
 from bench.state import RunState
@@ -139,7 +140,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
         manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
                              skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
                              resumed_by=" ".join(resumed_by) if resumed_by else None)
-        return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest)
+        return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest, shared)
 
     # The other ranks wait for rank 0's writing, so every process leaves the process group at the same point
     # (a gloo rank that tore its group down while a peer was still busy could abort at exit).
@@ -210,8 +211,16 @@ def _manifest(cfg: Config, shared: Resources, device: torch.device, timings: Tim
         hardware=hardware,
         timings_seconds=dict(timings),
         paradigms=paradigm_info,
+        protocols=_protocols_record(shared, cfg),
         **outcome,
     )
+
+
+def _protocols_record(shared: Resources, cfg: Config) -> dict:
+    """What the manifest records about each sampled protocol: how its lists were drawn and their hash."""
+    hashes = candidates_hash(shared.candidates)
+    return {p.name: {"sampling": p.sampling, "negatives": p.negatives, "seed": cfg["eval.candidate_seed"],
+                     "hash": hashes[p.name]} for p in shared.protocols if not p.is_full}
 
 
 def _llm_record(llm) -> dict:
@@ -223,10 +232,13 @@ def _llm_record(llm) -> dict:
             "token_budget": llm.token_budget}
 
 
-def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest) -> Path:
+def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest,
+               shared: Resources) -> Path:
     """Write the final files into the working folder, build the tables, and rename it to the run directory."""
     tmp, out = state.dir, state.out  # config.yaml is already there (RunState.start)
     Run.write(tmp, per_user, tokens, manifest)
+    if shared.candidates:
+        save_candidates(tmp / "candidates.npz", shared.split, shared.candidates)
     report.build(tmp)
     shutil.rmtree(tmp / "jobs")
     (tmp / "plan.json").unlink()

@@ -35,6 +35,8 @@ def user_matrix(per_user: pd.DataFrame, metric: str, stage: str = "test") -> pd.
     rows = per_user[per_user["stage"] == stage]
     if rows.empty:
         raise BenchError(f"no per-user rows for stage {stage!r}")
+    if "protocol" in rows.columns and rows["protocol"].nunique() > 1:
+        raise ValueError("per-user rows of several protocols: select one first (bench.rundir.Run.for_protocol)")
     order = list(dict.fromkeys(rows["paradigm"]))
     table = rows.groupby(["user", "paradigm"], sort=True)[metric].mean().unstack("paradigm")
     return table[order]

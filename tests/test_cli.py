@@ -10,10 +10,11 @@ import time
 import pandas as pd
 import pytest
 
+from bench.protocols import candidates_hash, load_candidates
 from bench.rundir import Run
 from conftest import ROOT, run_cli
 
-SLICE_ENV_KEYS = ("--preset", "smoke")
+SLICE_ENV_KEYS = ("--preset", "smoke", "--set", "eval.protocols=[full,uni19]")
 
 
 @pytest.fixture(scope="module")
@@ -30,23 +31,29 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     out, result = smoke_run
     assert "it/s]" not in result.stderr and "Loading weights" not in result.stderr  # --quiet: no bars at all
     for name in ("config.yaml", "manifest.json", "per_user.csv", "metrics.json", "results.md", "results.csv",
-                 "tokens.csv"):
+                 "tokens.csv", "candidates.npz", "results-uni19.csv", "significance-uni19.csv"):
         assert (out / name).is_file(), name
     saved = pd.read_csv(out / "per_user.csv", dtype={"user": str})
-    assert list(saved.columns) == ["paradigm", "seed", "stage", "user", "rank"]  # metrics are views of the ranks
+    assert list(saved.columns) == ["paradigm", "seed", "stage", "protocol", "user", "rank"]  # metrics: views
     per_user = Run.from_disk(out).per_user
     assert {"hit@10", "hit@100", "ndcg@10", "mrr@20"} <= set(per_user.columns)
+    assert list(dict.fromkeys(per_user["protocol"])) == ["full", "uni19"]
     assert set(per_user["paradigm"]) == {"pop", "sasrec", "id-direct", "id-translation", "ra-rec"}
     assert set(per_user["seed"]) == {0, 1}
-    assert per_user.groupby(["paradigm", "seed", "stage"]).size().eq(60).all()  # every user, every stage
+    # every user, every stage, every protocol
+    assert per_user.groupby(["paradigm", "seed", "stage", "protocol"]).size().eq(60).all()
     assert "1" in set(per_user["user"])  # raw ids from the data, not internal ids
     metrics = json.loads((out / "metrics.json").read_text())
     cell = metrics["paradigms"]["sasrec"]["stages"]["test"]["hit@100"]
     assert set(cell) == {"mean", "std", "per_seed"} and len(cell["per_seed"]) == 2
     assert metrics["paradigms"]["pop"]["version"] == "1" and len(metrics["split_hash"]) == 16
+    per_user = per_user[per_user["protocol"] == "full"]  # the main protocol's metrics are metrics.json's paradigms
     test = per_user[(per_user["stage"] == "test") & (per_user["paradigm"] == "pop") & (per_user["seed"] == 0)]
     assert cell["mean"] == pytest.approx(
         per_user[(per_user["stage"] == "test") & (per_user["paradigm"] == "sasrec")]["hit@100"].mean())
+    sampled = metrics["protocols"]["uni19"]["sasrec"]["stages"]["test"]["hit@10"]["mean"]
+    assert 0 < sampled <= 1 and metrics["protocols"]["full"]["sasrec"]["stages"]["test"]["hit@100"]["mean"] == \
+        cell["mean"]
     assert metrics["paradigms"]["pop"]["stages"]["test"]["ndcg@10"]["mean"] == pytest.approx(test["ndcg@10"].mean())
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["split_hash"] == metrics["split_hash"] and manifest["encoder"]["model"] == "SASRec"
@@ -61,8 +68,26 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     assert f" | {trained} | " in rows["id-direct"] and rows["pop"].endswith("| 0 | - | - | 0.0 |")
 
 
-TABLES = ("results.md", "results.csv", "results.tex", "significance.csv", "metrics.json")
-PLOTS = ("metrics.png", "tokens.png")
+def test_sampled_protocols_rank_every_paradigm_against_the_same_stored_lists(smoke_run):
+    out, _ = smoke_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    record = manifest["protocols"]["uni19"]
+    assert record["negatives"] == 19 and record["sampling"] == "uni" and record["seed"] == 0
+    assert candidates_hash(load_candidates(out / "candidates.npz")) == {"uni19": record["hash"]}
+    ranks = pd.read_csv(out / "per_user.csv", dtype={"user": str}).pivot_table(
+        index=["paradigm", "seed", "stage", "user"], columns="protocol", values="rank")
+    # the 19 negatives are items outside the history, so a sampled rank never exceeds the full (masked) one
+    assert ranks["uni19"].between(1, 20).all() and (ranks["uni19"] <= ranks["full"]).all()
+    table = (out / "results.md").read_text()
+    assert "## Protocol uni19" in table and "the target among 19 negatives sampled uniformly" in table
+    assert "## Do the protocols agree?" in table and "| uni19 |" in table
+    sampled = pd.read_csv(out / "results-uni19.csv")
+    assert "hit@10_mean" in sampled.columns and "hit@100_mean" not in sampled.columns  # HR@100 of 20 is always 1
+
+
+TABLES = ("results.md", "results.csv", "results.tex", "significance.csv", "metrics.json", "results-uni19.csv",
+          "results-uni19.tex", "significance-uni19.csv")
+PLOTS = ("metrics.png", "tokens.png", "metrics-uni19.png")
 
 
 def test_report_rebuilds_tables_byte_for_byte_and_plots(smoke_run):
@@ -120,7 +145,8 @@ def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupte
     for name in shared:
         pick = lambda frame: frame[frame["paradigm"] == name].reset_index(drop=True)  # noqa: E731
         pd.testing.assert_frame_equal(pick(resumed_rows), pick(uninterrupted))
-    assert resumed_rows.groupby(["paradigm", "seed", "stage"]).size().eq(60).all() and len(resumed_rows) == 8 * 2 * 60
+    assert resumed_rows.groupby(["paradigm", "seed", "stage", "protocol"]).size().eq(60).all()
+    assert len(resumed_rows) == 8 * 2 * 2 * 60
     assert not (tmp_path / ".again.partial").exists()
     result = run_cli("run", "--resume", str(again))
     assert result.returncode == 2 and "already finished" in result.stderr
@@ -148,6 +174,13 @@ def test_compare_tests_the_same_paradigm_across_runs_and_refuses_other_splits(sm
     (other / "manifest.json").write_text(json.dumps({**manifest, "split_hash": "0" * 16}))
     result = run_cli("compare", str(out), str(other))
     assert result.returncode == 2 and "different splits" in result.stderr
+    result = run_cli("compare", str(out), str(out), "--protocol", "uni19", "--out", str(tmp_path / "u.csv"))
+    assert result.returncode == 0 and "HR@10" in result.stdout and "HR@100" not in result.stdout, result.stderr
+    assert set(pd.read_csv(tmp_path / "u.csv")["metric"]) == {"ndcg@10", "hit@10", "mrr@10"}
+    redrawn = {**manifest, "protocols": {"uni19": {**manifest["protocols"]["uni19"], "hash": "f" * 16}}}
+    (other / "manifest.json").write_text(json.dumps(redrawn))
+    result = run_cli("compare", str(out), str(other), "--protocol", "uni19")
+    assert result.returncode == 2 and "candidate lists differ" in result.stderr
 
 
 def _bad_inter(tmp_path, body, header="user_id:token\titem_id:token\ttimestamp:float"):

@@ -98,6 +98,6 @@ def test_stage_ranks_mask_only_when_asked(split_and_cfg):
         scores[torch.arange(len(users)), torch.as_tensor(split.test_target[users])] = 1.0
         return scores
 
-    masked = stage_ranks(score, split, "test", True, 256)
-    unmasked = stage_ranks(score, split, "test", False, 256)
+    masked = stage_ranks(score, split, "test", True, 256)["full"]
+    unmasked = stage_ranks(score, split, "test", False, 256)["full"]
     assert masked[0] == 1 and unmasked[0] == len(np.unique(history)) + 1
