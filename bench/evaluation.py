@@ -147,7 +147,7 @@ def gather_rows_on_main(frame: pd.DataFrame, split: Split) -> pd.DataFrame | Non
     if parts is None:
         return None
     rows = pd.concat(parts, ignore_index=True)
-    protocols = list(dict.fromkeys(frame["protocol"]))
+    protocols = list(dict.fromkeys(rows["protocol"]))
     rows = rows.sort_values(["stage", "protocol"], kind="stable", key=lambda column: column.map(
         (STAGES if column.name == "stage" else protocols).index)).reset_index(drop=True)
     expected = pd.Series(split.user_ids[split.users])

@@ -166,7 +166,7 @@ def test_rank_zero_rejects_gathered_rows_that_repeat_or_miss_a_user(monkeypatch)
         users = np.arange(1, 4)
 
     def rows(users):
-        return pd.DataFrame({"stage": "valid", "user": users, "rank": 1})
+        return pd.DataFrame({"stage": "valid", "protocol": "full", "user": users, "rank": 1})
 
     good = TwoRanks([rows(["a", "b"]), rows(["c"])])
     monkeypatch.setattr(evaluation, "world", lambda: good)
