@@ -25,7 +25,7 @@ from bench.distributed import world
 from bench.contract import Context, Paradigm, ScoreFn, SplitView
 from bench.metrics import evaluate_protocols, metrics_from_ranks
 from bench.resources import Resources, Timings, seed_everything
-from bench.rundir import ID_COLUMNS
+from bench.rundir import ID_COLUMNS, with_protocol
 from bench.split import STAGES, Split
 
 
@@ -103,7 +103,7 @@ class JobResult:
     def from_record(cls, rows: pd.DataFrame | None, record: dict) -> "JobResult":
         """The job saved as ``rows`` and :meth:`record` (rows of an older run keep their id and rank columns)."""
         return cls(label=record["label"], seed=record["seed"], version=record["version"],
-                   rows=None if rows is None else rows[list(ID_COLUMNS)],
+                   rows=None if rows is None else with_protocol(rows)[list(ID_COLUMNS)],
                    tokens=tuple(tuple(row) for row in record.get("tokens") or []), info=record.get("info") or {})
 
 

@@ -86,6 +86,11 @@ def metric_values(ranks: np.ndarray, columns: list[str], digits: int | None = No
     return out
 
 
+def with_protocol(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-user rows with a ``protocol`` column: rows written before protocols existed are full rankings."""
+    return rows if "protocol" in rows.columns else rows.assign(protocol=FULL)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Pretty, key-sorted JSON written atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
@@ -188,9 +193,7 @@ class Run:
         for name, path in files.items():
             if not path.is_file():
                 raise BenchError(f"{run_dir} is not a finished run directory: {name} is missing")
-        per_user = pd.read_csv(files["per_user.csv"], dtype={"user": str})
-        if "protocol" not in per_user.columns:  # formats 1 and 2: full ranking only
-            per_user.insert(3, "protocol", FULL)
+        per_user = with_protocol(pd.read_csv(files["per_user.csv"], dtype={"user": str}))
         missing = [c for c in ID_COLUMNS if c not in per_user.columns]
         if missing:
             raise BenchError(f"{files['per_user.csv']}: missing column {missing[0]!r}")
@@ -211,7 +214,7 @@ class Run:
         """Write the run's data files into ``folder`` (which already holds ``config.yaml``); ``per_user.csv`` gets
         the :data:`ID_COLUMNS` of ``per_user``, nothing else."""
         write_json(folder / "manifest.json", manifest.to_dict())
-        atomic_write_text(folder / "per_user.csv", per_user[list(ID_COLUMNS)].to_csv(index=False))
+        atomic_write_text(folder / "per_user.csv", with_protocol(per_user)[list(ID_COLUMNS)].to_csv(index=False))
         atomic_write_text(folder / "tokens.csv", pd.DataFrame(tokens, columns=list(TOKEN_COLUMNS)).to_csv(index=False))
 
     def with_metrics(self, columns: list[str]) -> pd.DataFrame:

@@ -36,6 +36,8 @@ def make_run(path, means: dict[str, float], seeds=(0, 1), sweep=None, format_ver
         tokens += [(name, str(u + 1), 20 + u % 40, 4, 5 + u, min(5 + u, 30)) for u in range(USERS)]
     path.mkdir()
     per_user = pd.concat(rows, ignore_index=True)
+    if format_version >= 3:
+        per_user.insert(3, "protocol", "full")
     if format_version == 1:
         per_user = per_user.assign(**metrics_from_ranks(per_user["rank"], ["hit", "ndcg", "mrr"], [10, 20, 50, 100]))
     per_user.to_csv(path / "per_user.csv", index=False, float_format="%.10g")

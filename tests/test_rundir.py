@@ -33,7 +33,7 @@ def test_another_format_version_is_a_one_line_error_naming_both(tmp_path):
     data["format_version"] = FORMAT_VERSION + 1
     (path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BenchError, match=rf"format version {FORMAT_VERSION + 1}, but this bench reads versions "
-                                         rf"1, {FORMAT_VERSION}") as err:
+                                         rf"1, 2, {FORMAT_VERSION}") as err:
         report.build(path)
     assert "\n" not in str(err.value)
 
@@ -67,4 +67,4 @@ def test_a_new_run_directory_keeps_ids_and_ranks_only(tmp_path):
     manifest = Manifest.from_dict({**run.manifest.to_dict(), "format_version": FORMAT_VERSION})
     Run.write(tmp_path, run.per_user, [], manifest)  # rows that carry metric columns: only ids and ranks are kept
     assert pd.read_csv(tmp_path / "per_user.csv").columns.tolist() == list(ID_COLUMNS)
-    assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == FORMAT_VERSION == 3

@@ -46,7 +46,7 @@ def test_every_paradigm_and_seed_sees_the_same_split_and_encoder(spies, slice_ov
     assert {(view, split_hash) for _, view, split_hash, _, _ in SEEN} == {("SplitView", SEEN[0][2])}
     encoders = {id(enc) for _, _, _, _, enc in SEEN}
     assert len(encoders) == 1 and None not in encoders  # built once because spy-b needs it, shared with spy-a
-    assert pd.read_csv(out / "per_user.csv").columns.tolist() == ["paradigm", "seed", "stage", "user", "rank"]
+    assert pd.read_csv(out / "per_user.csv").columns.tolist() == ["paradigm", "seed", "stage", "protocol", "user", "rank"]
 
 
 def test_a_failing_paradigm_leaves_no_run_directory_only_resumable_jobs(spies, slice_overrides, tmp_path):

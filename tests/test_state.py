@@ -55,4 +55,4 @@ def test_a_job_saved_by_an_older_bench_keeps_only_its_ids_and_ranks(tmp_path):
     frame = pd.DataFrame({"paradigm": ["pop"], "seed": [0], "stage": ["test"], "user": ["7"], "rank": [3],
                           "hit@10": [1.0]})
     state.save(0, JobResult("pop", 0, "1", frame))
-    assert state.load(0, "pop", 0, "1").rows.columns.tolist() == ["paradigm", "seed", "stage", "user", "rank"]
+    assert state.load(0, "pop", 0, "1").rows.columns.tolist() == ["paradigm", "seed", "stage", "protocol", "user", "rank"]
