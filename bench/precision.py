@@ -2,6 +2,7 @@
 ID encoder's training (``encoder.dtype``), recorded in the manifest with its reason."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -57,8 +58,6 @@ def attention_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     (torch.profiler, MiniLM, 64 x 32 tokens: 56% of a prefix-tuning step); the math kernel halves that step and
     its gradients are no less accurate (``make perf``: ``tests/perf/test_precision_perf.py``). Forward passes
     without a graph and float32 keep the fused kernel, which is faster there."""
-    import contextlib
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     recording = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))

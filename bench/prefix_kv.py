@@ -9,9 +9,9 @@ Mechanism: an attention function registered with transformers' attention interfa
 appends the prefix keys/values and widens the attention mask, then calls PyTorch's scaled-dot-product
 attention (:func:`bench.precision.sdpa_attention`). The model is switched to it only inside the ``with``
 block. This acts at the attention level of every layer, works unchanged for encoders (BERT/MiniLM:
-bidirectional) and decoders (LLaMA/SmolLM2: causal, grouped key/value heads), and gradients reach the prefixes while the backbone's weights stay frozen. A per-layer
-``past_key_values`` cache would need model-specific cache plumbing (BERT only reads a cache as a decoder), and
-overwriting hidden states (``bench.soft_prompts``) makes the prefix positions part of the sequence.
+bidirectional) and decoders (LLaMA/SmolLM2: causal, grouped key/value heads), and gradients reach the prefixes
+while the backbone's weights stay frozen. A per-layer ``past_key_values`` cache would need model-specific cache
+plumbing (BERT only reads a cache as a decoder), and overwriting hidden states (``bench.soft_prompts``) makes the prefix positions part of the sequence.
 """
 from __future__ import annotations
 

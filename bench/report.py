@@ -11,8 +11,8 @@ An undefined test (a NaN p-value) is written as ``nan`` in ``significance.csv`` 
 from __future__ import annotations
 
 import string
-from itertools import combinations
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 

@@ -94,7 +94,8 @@ class Resources:
         with timings("candidates"):
             self.protocols = parse_protocols(cfg["eval.protocols"])
             self.candidates = candidate_lists(self.split, self.protocols, cfg["eval.candidate_seed"])
-        world().check_same(candidates_hash(self.candidates), "candidate lists")
+            self.candidate_hashes = candidates_hash(self.candidates)
+        world().check_same(self.candidate_hashes, "candidate lists")
 
     def prepare(self, run_arms: list) -> None:
         """Load what the arms need before the first job: every backbone, and the encoder."""
@@ -112,8 +113,8 @@ class Resources:
         """Whether the encoder the arms need is in the cache already (``None``: no arm needs one)."""
         if not any(a.cls.needs_encoder for a in run_arms):
             return None
-        return self.encoder is not None or (self.cache_root / "encoders" / encoder_key(self.split, self.cfg, str(self.device))
-                                            / "meta.json").is_file()
+        key = encoder_key(self.split, self.cfg, str(self.device))
+        return self.encoder is not None or (self.cache_root / "encoders" / key / "meta.json").is_file()
 
     def llm_for(self, cfg: Config) -> FrozenLLM:
         """The frozen LLM for an arm's config: its backbone loaded once per (backbone, dtype)."""

@@ -27,7 +27,7 @@ from bench import distributed, estimate, metrics, plan, registry, report
 from bench.config import Config, suggest
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
-from bench.protocols import candidates_hash, save_candidates
+from bench.protocols import save_candidates
 from bench.resources import Resources, Timings, pick_device
 from bench.rundir import Manifest, Run
 from bench.state import RunState
@@ -218,9 +218,8 @@ def _manifest(cfg: Config, shared: Resources, device: torch.device, timings: Tim
 
 def _protocols_record(shared: Resources, cfg: Config) -> dict:
     """What the manifest records about each sampled protocol: how its lists were drawn and their hash."""
-    hashes = candidates_hash(shared.candidates)
     return {p.name: {"sampling": p.sampling, "negatives": p.negatives, "seed": cfg["eval.candidate_seed"],
-                     "hash": hashes[p.name]} for p in shared.protocols if not p.is_full}
+                     "hash": shared.candidate_hashes[p.name]} for p in shared.protocols if not p.is_full}
 
 
 def _llm_record(llm) -> dict:

@@ -6,6 +6,7 @@ import torch
 
 from bench import registry, runner
 from bench.config import load_config
+from bench.rundir import ID_COLUMNS
 
 SEEN = []
 
@@ -46,7 +47,7 @@ def test_every_paradigm_and_seed_sees_the_same_split_and_encoder(spies, slice_ov
     assert {(view, split_hash) for _, view, split_hash, _, _ in SEEN} == {("SplitView", SEEN[0][2])}
     encoders = {id(enc) for _, _, _, _, enc in SEEN}
     assert len(encoders) == 1 and None not in encoders  # built once because spy-b needs it, shared with spy-a
-    assert pd.read_csv(out / "per_user.csv").columns.tolist() == ["paradigm", "seed", "stage", "protocol", "user", "rank"]
+    assert pd.read_csv(out / "per_user.csv").columns.tolist() == list(ID_COLUMNS)
 
 
 def test_a_failing_paradigm_leaves_no_run_directory_only_resumable_jobs(spies, slice_overrides, tmp_path):

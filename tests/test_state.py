@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from bench.config import load_config
+from bench.rundir import ID_COLUMNS
 from bench.errors import BenchError
 from bench.evaluation import JobResult
 from bench.state import RunState
@@ -55,4 +56,4 @@ def test_a_job_saved_by_an_older_bench_keeps_only_its_ids_and_ranks(tmp_path):
     frame = pd.DataFrame({"paradigm": ["pop"], "seed": [0], "stage": ["test"], "user": ["7"], "rank": [3],
                           "hit@10": [1.0]})
     state.save(0, JobResult("pop", 0, "1", frame))
-    assert state.load(0, "pop", 0, "1").rows.columns.tolist() == ["paradigm", "seed", "stage", "protocol", "user", "rank"]
+    assert state.load(0, "pop", 0, "1").rows.columns.tolist() == list(ID_COLUMNS)  # an older job reads as "full"
