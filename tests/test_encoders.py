@@ -145,3 +145,36 @@ def test_training_precision_is_recorded_and_chosen_by_encoder_dtype(trained):
     other = "float32" if cfg["encoder.dtype"] != "float32" else "bfloat16"
     assert encoders.encoder_key(split, cfg) != encoders.encoder_key(split, with_overrides(cfg, [f"encoder.dtype={other}"]))
 
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_mask_dropout_keeps_1_minus_p_unbiased_and_is_seeded(p):
+    """MaskDropout drops each element with probability p (independently: no lane of the 64-bit draws is
+    skewed), keeps the mean, is fixed by torch's seed, passes gradients through the same mask, and is the
+    identity in eval mode."""
+    from bench.encoders import MaskDropout
+
+    drop = MaskDropout(p)
+    x = torch.ones(4, 250_000, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = (y > 0).float()
+    for lane in range(4):  # elements sharing a position within their 64-bit draw
+        assert abs(kept.flatten()[lane::4].mean().item() - (1 - p)) < 0.004
+    assert abs(y.mean().item() - 1) < 0.005
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())
+    assert drop.eval()(x) is x
+
+
+def test_speed_up_swaps_every_dropout_of_sasrec(trained):
+    """The encoder's model keeps RecBole's class but no torch.nn.Dropout: each became a MaskDropout with its p."""
+    from bench.encoders import MaskDropout
+
+    _, _, encoder = trained
+    modules = list(encoder.model.modules())
+    assert not [m for m in modules if type(m) is torch.nn.Dropout]
+    assert type(encoder.model).__name__ == "SASRec"
+    assert len([m for m in modules if isinstance(m, MaskDropout)]) >= 4
