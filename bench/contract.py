@@ -148,6 +148,11 @@ class Paradigm:
     ``search_space`` (what ``bench tune`` may change: option names or ``train.KEY`` mapped to ``("float", low,
     high[, "log"])``, ``("int", low, high[, "log"])`` or ``("choice", [values])``).
     After ``fit``, ``info`` holds what the run's manifest records about training (``None``: nothing).
+
+    Optional: ``score_candidates(users, stage, items) -> list[Tensor]`` for paradigms that score short candidate
+    lists themselves (LLM likelihood): ``items`` holds one sorted array of item ids per user (the target and the
+    sampled protocols' negatives, in no telling order), the result one float32 score per item. The evaluator
+    then uses it for the sampled protocols and ``score`` only for full ranking.
     """
 
     name: ClassVar[str] = ""

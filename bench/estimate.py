@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bench.contract import SplitView, Workload
+from bench.errors import BenchError
 from bench.llm import Backbone
 from bench.metrics import chunk_size, rank_chunk
 
@@ -104,6 +105,21 @@ def duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _refuse_unaffordable_full_ranking(arm, split, seconds_per_token: float) -> None:
+    """A paradigm that scores candidates by LLM likelihood (``score_candidates``) ranks every item for every user
+    under ``full``: refused with the protocol to use when that alone would take more than :data:`LONG_S` here
+    (candidate texts counted at ``llm.item_max_tokens``; its scores are reused across seeds)."""
+    cfg = arm.config
+    if not hasattr(arm.cls, "score_candidates") or "full" not in cfg["eval.protocols"]:
+        return
+    users, items = split.n_users - 1, split.n_items - 1
+    cost = 2 * users * items * cfg["llm.item_max_tokens"] * seconds_per_token
+    if cost > LONG_S:
+        raise BenchError(f"{arm.label} scores candidates by LLM likelihood: full ranking of {items:,} items for "
+                         f"{users:,} users would take ~{duration(cost)} here; use a sampled protocol: "
+                         "--set eval.protocols=[uni99] (run it apart from paradigms that need full)")
+
+
 def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool | None, device: torch.device,
              processes: int) -> Estimate:
     """The :class:`Estimate` of ``run_arms`` x ``seeds`` seeds on ``split``.
@@ -132,6 +148,7 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
             if id(backbone) not in per_token:
                 per_token[id(backbone)] = time_llm(backbone)
             seconds = per_token[id(backbone)]
+        _refuse_unaffordable_full_ranking(arm, split, seconds)
         features += work.prompt_tokens * seconds
         passes += work.llm_tokens * seconds
         ranking += work.rankings * per_rank

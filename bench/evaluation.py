@@ -23,7 +23,7 @@ import pandas as pd
 from bench.config import Config
 from bench.distributed import world
 from bench.contract import Context, Paradigm, ScoreFn, SplitView
-from bench.metrics import evaluate_protocols, metrics_from_ranks
+from bench.metrics import evaluate_candidates, evaluate_protocols, metrics_from_ranks
 from bench.resources import Resources, Timings, seed_everything
 from bench.rundir import ID_COLUMNS, with_protocol
 from bench.split import STAGES, Split
@@ -36,16 +36,28 @@ def local_users(split: Split) -> np.ndarray:
 
 def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, chunk_mb: int, progress=None,
                 desc: str = "rank", candidates: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                full: bool = True) -> dict[str, np.ndarray]:
+                full: bool = True, score_candidates=None) -> dict[str, np.ndarray]:
     """Rank (1 = best) of the ``stage`` target of each of :func:`local_users` under ``score`` (one process:
     [n_users - 1], every real user), per protocol: ``"full"`` over all items (when ``full``; with
     ``mask_history`` the items of the user's history before that stage are excluded) and every sampled protocol
-    of ``candidates`` (``{protocol: {stage: negatives [n_users - 1, N]}}``, :mod:`bench.protocols`)."""
+    of ``candidates`` (``{protocol: {stage: negatives [n_users - 1, N]}}``, :mod:`bench.protocols`).
+
+    With ``score_candidates`` (a paradigm's ``score_candidates(users, stage, items)``, :class:`Paradigm`) the
+    sampled protocols are scored through it, each user's candidates only; ``score`` then serves full ranking."""
     users = local_users(split)
     histories = [split.history(int(u), stage) for u in users] if mask_history and full else None
     negatives = {name: lists[stage][users - 1] for name, lists in (candidates or {}).items()}
-    return evaluate_protocols(lambda chunk: score(chunk, stage), users, split.target(stage)[users], histories,
-                              split.n_items, negatives, full, chunk_mb, progress, desc)
+    targets = split.target(stage)[users]
+    sampled = {}
+    if score_candidates is not None and negatives:
+        sampled = evaluate_candidates(lambda chunk, items: score_candidates(chunk, stage, items), users, targets,
+                                      negatives, progress, desc)
+        negatives = {}
+    if not full and not negatives:
+        return sampled
+    ranks = evaluate_protocols(lambda chunk: score(chunk, stage), users, targets, histories, split.n_items,
+                               negatives, full, chunk_mb, progress, desc)
+    return {**ranks, **sampled}
 
 
 def validation_ndcg(split: Split, score: ScoreFn, cfg: Config) -> float:
@@ -165,7 +177,8 @@ def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: S
     with timings(f"{tag}/score_{stage}"):
         ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
                             resources.progress, f"{tag} {stage}", resources.candidates,
-                            full="full" in cfg["eval.protocols"])
+                            full="full" in cfg["eval.protocols"],
+                            score_candidates=getattr(paradigm, "score_candidates", None))
     users = split.user_ids[local_users(split)]
     return pd.concat([pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "protocol": name,
                                     "user": users, "rank": ranks[name]})[list(ID_COLUMNS)]

@@ -119,6 +119,46 @@ def evaluate_protocols(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
     return ranks
 
 
+CandidateScoreFn = Callable[[np.ndarray, list], list]
+
+
+def candidate_union(target: int, negatives: Sequence[np.ndarray]) -> np.ndarray:
+    """The items a candidate scorer is shown for one user: the target and every protocol's negatives, sorted by
+    item id and without repeats (so nothing in their order says which one is the target)."""
+    return np.unique(np.concatenate([np.asarray([target], dtype=np.int64), *negatives]).astype(np.int64))
+
+
+def evaluate_candidates(score_fn: CandidateScoreFn, users: np.ndarray, targets: np.ndarray,
+                        negatives: Mapping[str, np.ndarray], progress=None, desc: str = "rank",
+                        chunk: int = 16) -> dict[str, np.ndarray]:
+    """Rank of each user's target under every sampled protocol of ``negatives`` (``{protocol: [len(users), N]}``)
+    when the paradigm scores candidate lists itself (LLM likelihood) instead of every item.
+
+    ``score_fn(user_chunk, items) -> scores``: ``items`` is one :func:`candidate_union` per user, ``scores`` one
+    1-D float tensor per user aligned with it. Each user's union of candidates is scored once for all protocols;
+    ranks follow :func:`sampled_ranks` (ties count against the target). Returns ``{protocol: int64 ranks}``."""
+    users = np.asarray(users, dtype=np.int64)
+    ranks = {name: np.empty(len(users), dtype=np.int64) for name in negatives}
+    with progress_bar(progress, total=len(users), desc=desc, unit="user", leave=False) as bar:
+        for start in range(0, len(users), chunk):
+            rows = range(start, min(start + chunk, len(users)))
+            items = [candidate_union(targets[r], [lists[r] for lists in negatives.values()]) for r in rows]
+            with torch.no_grad():
+                scores = score_fn(users[start:rows.stop], items)
+            for r, shown, got in zip(rows, items, scores):
+                got = comparable_copy(torch.as_tensor(got)).cpu()
+                if tuple(got.shape) != (len(shown),):
+                    raise BenchError(f"score_candidates() returned shape {tuple(got.shape)} for "
+                                     f"{len(shown)} candidates")
+                if torch.isnan(got).any():
+                    raise BenchError("a paradigm returned NaN scores; check its training (learning rate, inputs)")
+                target = got[np.searchsorted(shown, targets[r])]
+                for name, lists in negatives.items():
+                    ranks[name][r] = int((got[np.searchsorted(shown, lists[r])] >= target).sum()) + 1
+            bar.update(len(rows))
+    return ranks
+
+
 def evaluate_ranks(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
                    histories: Sequence[np.ndarray] | None, n_items: int, chunk_mb: int = 256,
                    progress=None, desc: str = "rank") -> np.ndarray:

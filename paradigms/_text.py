@@ -25,7 +25,10 @@ class Heads(torch.nn.Module):
 
 
 class TextTwoTower(TwoTower):
-    """Base class: subclasses say how a history item is written and how the prompt and item text read."""
+    """Base class: subclasses say how a history item is written, what separates two of them in a prompt
+    (``separator``) and how the prompt and item text read."""
+
+    separator = ", "
 
     needs_llm = True
     defaults = {"dim": 128}

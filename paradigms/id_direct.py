@@ -14,12 +14,13 @@ class IDDirect(TextTwoTower):
 
     version = "1"
     description = "ID-Direct (P5-style): raw item IDs as text, frozen LLM features, trained linear towers."
+    separator = ", "
 
     def history_piece(self, split: SplitView, item: int) -> str:
         return str(split.item_ids[item])
 
     def render(self, user_id: str, pieces: Sequence[str]) -> str:
-        return f"User {user_id} has interacted with {', '.join(pieces)}"
+        return f"User {user_id} has interacted with {self.separator.join(pieces)}"
 
     def item_text(self, split: SplitView, item: int) -> str:
         return f"item {split.item_ids[item]}"

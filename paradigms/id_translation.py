@@ -15,6 +15,7 @@ class IDTranslation(TextTwoTower):
 
     version = "1"
     description = "ID-Translation: item titles as text, frozen LLM features, trained linear towers."
+    separator = "; "
 
     def check(self, split: SplitView) -> None:
         if not split.has_titles:
@@ -25,7 +26,7 @@ class IDTranslation(TextTwoTower):
         return split.title(item)
 
     def render(self, user_id: str, pieces: Sequence[str]) -> str:
-        return f"The user bought: {'; '.join(pieces)}"
+        return f"The user bought: {self.separator.join(pieces)}"
 
     def item_text(self, split: SplitView, item: int) -> str:
         return split.title(item)
