@@ -148,7 +148,8 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
             if id(backbone) not in per_token:
                 per_token[id(backbone)] = time_llm(backbone)
             seconds = per_token[id(backbone)]
-        _refuse_unaffordable_full_ranking(arm, split, seconds)
+        if arm.label in llms and llms[arm.label].backbone.is_decoder:  # encoders: the paradigm is skipped
+            _refuse_unaffordable_full_ranking(arm, split, seconds)
         features += work.prompt_tokens * seconds
         passes += work.llm_tokens * seconds
         ranking += work.rankings * per_rank

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from bench.errors import BenchError
+from bench.errors import ParadigmUnavailable
 from bench.llm import Backbone
 
 
@@ -24,15 +24,16 @@ def output_embedding(backbone: Backbone) -> torch.Tensor:
     """The decoder's output embedding ``[vocab, width]`` in the backbone's dtype.
 
     Only decoders whose output embedding is their input embedding (``tie_word_embeddings``) are supported: the
-    harness loads the base model without a separate language-model head."""
+    harness loads the base model without a separate language-model head. Anything else raises
+    :class:`ParadigmUnavailable` (a run skips the paradigm and says why)."""
     cached = getattr(backbone, "_output_embedding", None)
     if cached is not None:
         return cached
     if not backbone.is_decoder:
-        raise BenchError(f"backbone '{backbone.name}' is an encoder; likelihood scoring needs a decoder: use "
+        raise ParadigmUnavailable(f"backbone '{backbone.name}' is an encoder; likelihood scoring needs a decoder: use "
                          "--llm smollm2-135m (or another decoder with tied embeddings)")
     if not getattr(backbone.model.config, "tie_word_embeddings", False):
-        raise BenchError(f"backbone '{backbone.name}' has a language-model head of its own (tie_word_embeddings "
+        raise ParadigmUnavailable(f"backbone '{backbone.name}' has a language-model head of its own (tie_word_embeddings "
                          "is false), which bench does not load; use a decoder with tied embeddings such as "
                          "smollm2-135m")
     weight = backbone.model.get_input_embeddings().weight.detach()
@@ -120,8 +121,31 @@ def _returned_cache(output):
 
 
 def _whole_batch(model, prompt, chunk, pad: int, head, device) -> torch.Tensor:
-    ids, mask = _pad([list(prompt) + list(c) for c in chunk], pad, device)
+    sequences = [list(prompt) + list(c) for c in chunk]
+    return _sequence_scores(model, sequences, [len(prompt)] * len(chunk), pad, head, device).cpu()
+
+
+def sequence_scores(backbone: Backbone, sequences: Sequence[Sequence[int]],
+                    prompt_lengths: Sequence[int]) -> torch.Tensor:
+    """Length-normalised log-likelihood ``[b]`` (float32, on the backbone's device, with a graph when gradients
+    are on) of the tokens of each sequence after its first ``prompt_lengths[i]`` tokens, each sequence run whole
+    (the language-model loss of training is its negative mean)."""
+    return _sequence_scores(backbone.model, sequences, prompt_lengths, backbone.tokenizer.pad_token_id or 0,
+                            output_embedding(backbone), backbone.device)
+
+
+def _sequence_scores(model, sequences, prompt_lengths, pad: int, head, device) -> torch.Tensor:
+    ids, mask = _pad(sequences, pad, device)
     hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    p = len(prompt)
-    targets, target_mask = ids[:, p:], mask[:, p:]
-    return _normalised(_token_logprobs(hidden[:, p - 1:-1], targets, head), target_mask).cpu()
+    rows, positions, targets = [], [], []
+    for row, (seq, start) in enumerate(zip(sequences, prompt_lengths)):
+        if not 0 < start < len(seq):
+            raise ValueError(f"sequence {row}: a prompt of {start} tokens leaves nothing to score in {len(seq)}")
+        rows += [row] * (len(seq) - start)
+        positions += range(start - 1, len(seq) - 1)
+        targets += seq[start:]
+    rows_t = torch.tensor(rows, device=device)
+    logprobs = _token_logprobs(hidden[rows_t, torch.tensor(positions, device=device)],
+                               torch.tensor(targets, device=device), head)
+    sums = torch.zeros(len(sequences), device=device).index_add(0, rows_t, logprobs)
+    return sums / torch.bincount(rows_t, minlength=len(sequences)).to(sums.dtype)

@@ -2,7 +2,7 @@
 
 Within :func:`prefixed`, attention layer ``l`` attends, besides its text tokens, to ``P`` extra positions whose
 keys and values are the layer's own frozen key/value projections of ``prefixes[l]`` (``[b, P, d]``, vectors in
-the layer's hidden space). Queries come from the text tokens only, so the output keeps the text's length and
+the layer's hidden space; ``b = 1`` serves every row of a batch). Queries come from the text tokens only, so the output keeps the text's length and
 pooling stays over text positions; the prefix carries no position (no position embedding, no rotary phase).
 
 Mechanism: an attention function registered with transformers' attention interface (``bench_prefix``) that
@@ -68,6 +68,8 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     k_proj, v_proj = _projections(module)
     b, n_kv, _, head_dim = key.shape
     prefix = prefix.to(key.dtype)
+    if prefix.shape[0] == 1 and b > 1:  # one prefix shared by every row (a user's candidates)
+        prefix = prefix.expand(b, -1, -1)
     p_len = prefix.shape[1]
     p_key = k_proj(prefix).view(b, p_len, n_kv, head_dim).transpose(1, 2)
     p_value = v_proj(prefix).view(b, p_len, n_kv, head_dim).transpose(1, 2)

@@ -9,6 +9,7 @@ refuses where it would take more than an hour here.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import ClassVar
 
@@ -54,6 +55,13 @@ class _Likelihood(Paradigm):
 
     def fit(self, split: SplitView, context: Context) -> None:
         """Nothing to train: checks the data and the backbone (a decoder) and tokenizes every item's text."""
+        self.prepare(split, context)
+        digest = hashlib.sha256(repr(self._item_tokens).encode()).hexdigest()
+        self._memo_key = (context.llm.backbone.fingerprint, str(context.llm.backbone.dtype), self.name, digest)
+
+    def prepare(self, split: SplitView, context: Context) -> None:
+        """Checks the data and the backbone (a decoder); tokenizes every item's candidate text (`` <item
+        text>``, at most ``llm.item_max_tokens`` tokens)."""
         self._writer = self.writer()
         self._writer.check(split)
         self._split, self._ctx, backbone = split, context, context.llm.backbone
@@ -64,34 +72,50 @@ class _Likelihood(Paradigm):
         self._item_tokens = [[]] + [list(t) for t in tokens]
         self._cue_tokens = backbone.count_tokens(self.cue)
         self._prompts: dict[str, list[FittedPrompt]] = {}
-        digest = hashlib.sha256(repr(self._item_tokens).encode()).hexdigest()
-        self._memo_key = (backbone.fingerprint, str(backbone.dtype), self.name, digest)
+        self._memo_key = None
+
+    def prompt_budget(self) -> int:
+        """Tokens the prompt may take, the cue included (``llm.token_budget``)."""
+        return self._ctx.llm.token_budget
+
+    def write_prompt(self, user: int, history: np.ndarray, budget: int) -> FittedPrompt:
+        """The prompt before the cue: the tower version's, within ``budget`` tokens."""
+        return self._writer.prompt(self._split, user, history, budget, self._ctx.llm.backbone.count_tokens)
+
+    def cued_prompt(self, user: int, history: np.ndarray) -> FittedPrompt:
+        """:meth:`write_prompt` within the budget less the cue's tokens, then the cue."""
+        fitted = self.write_prompt(user, history, self.prompt_budget() - self._cue_tokens)
+        text = fitted.text + self.cue
+        return FittedPrompt(text, fitted.kept, self._ctx.llm.backbone.count_tokens(text))
 
     def stage_prompts(self, stage: str) -> list[FittedPrompt]:
-        """Every real user's ``stage`` prompt (index ``user - 1``): the tower version's prompt within the token
-        budget less the cue's tokens, then the cue."""
+        """Every real user's ``stage`` prompt (index ``user - 1``), built on first use."""
         if stage not in self._prompts:
-            split, llm = self._split, self._ctx.llm
-            count = llm.backbone.count_tokens
-            fitted = [self._writer.prompt(split, int(u), split.history(int(u), stage),
-                                          llm.token_budget - self._cue_tokens, count) for u in split.users]
-            self._prompts[stage] = [FittedPrompt(p.text + self.cue, p.kept, count(p.text + self.cue))
-                                    for p in fitted]
+            split = self._split
+            self._prompts[stage] = [self.cued_prompt(int(u), split.history(int(u), stage)) for u in split.users]
         return self._prompts[stage]
 
+    def scoring_context(self, user: int, stage: str) -> contextlib.AbstractContextManager | None:
+        """What wraps the decoder's passes for ``user`` (a trained paradigm's prefixes); None: nothing."""
+        return None
+
     def score_candidates(self, users: np.ndarray, stage: str, items: list[np.ndarray]) -> list[torch.Tensor]:
-        """Length-normalised log-likelihood (nats per token) of each candidate's text after each user's prompt."""
+        """Length-normalised log-likelihood (nats per token) of each candidate's text after each user's prompt
+        (kept for the run's other seeds while ``_memo_key`` is set: nothing trained)."""
         prompts, backbone = self.stage_prompts(stage), self._ctx.llm.backbone
         out = []
         for user, shown in zip(users, items):
             text = prompts[int(user) - 1].text
-            key = (*self._memo_key, text, np.asarray(shown, dtype=np.int64).tobytes())
-            if key not in _MEMO:
+            key = None if self._memo_key is None else (*self._memo_key, text, np.asarray(shown, np.int64).tobytes())
+            scores = _MEMO.get(key)
+            if scores is None:
                 prompt = backbone.tokenizer(text)["input_ids"]
                 scores = continuation_scores(backbone, prompt, [self._item_tokens[int(i)] for i in shown],
-                                             batch_size=self._ctx.config["llm.batch_size"])
-                _MEMO[key] = scores.numpy()
-            out.append(torch.from_numpy(_MEMO[key]))
+                                             batch_size=self._ctx.config["llm.batch_size"],
+                                             context=self.scoring_context(int(user), stage)).numpy()
+                if key is not None:
+                    _MEMO[key] = scores
+            out.append(torch.from_numpy(scores))
         return out
 
     def score(self, users: np.ndarray, stage: str) -> torch.Tensor:
