@@ -87,6 +87,31 @@ def fit_paradigms(names, cfg, split, llm, cache_root) -> dict:
     return out
 
 
+def tiny_frozen_llm(model, name: str, is_decoder: bool, cache_root, prompt_tokens: int = 64):
+    """A randomly initialised ``model`` frozen behind the real MiniLM tokenizer, as paradigms receive an LLM."""
+    from transformers import AutoTokenizer
+
+    from bench.features import FeatureStore, FrozenLLM
+    from bench.llm import BACKBONES, Backbone, _package_file
+
+    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    backbone = Backbone(name, model, tokenizer, is_decoder=is_decoder, fingerprint=f"{name}-test")
+    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, prompt_tokens), FeatureStore(backbone, cache_root, 16),
+                     prompt_tokens)
+
+
+def minilm_vocab_size() -> int:
+    """Vocabulary size of the MiniLM tokenizer the tiny test models share."""
+    from transformers import AutoTokenizer
+
+    from bench.llm import BACKBONES, _package_file
+
+    return AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm")))).vocab_size
+
+
 def assert_no_prompt_leak(paradigm, test_marker: str, valid_marker: str) -> None:
     """A fitted text paradigm's training and validation prompts hold neither marker; every test-stage prompt holds
     the validation item (test-stage history) exactly once and never the test item."""

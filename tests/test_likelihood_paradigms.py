@@ -7,34 +7,28 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+from transformers import LlamaConfig, LlamaModel
 
 from bench import registry
 from bench.config import load_config
 from bench.errors import BenchError
 from bench.estimate import _refuse_unaffordable_full_ranking
 from bench.evaluation import stage_ranks
-from bench.features import FeatureStore, FrozenLLM
 from bench.likelihood import continuation_scores
-from bench.llm import BACKBONES, Backbone, _package_file
 from bench.metrics import candidate_union, evaluate_candidates
 from bench.protocols import candidate_lists, parse_protocols
 from bench.split import build_split
-from conftest import fit_paradigms
+from conftest import fit_paradigms, minilm_vocab_size, tiny_frozen_llm
 
 LM = ("id-direct-lm", "id-translation-lm")
 
 
 def tiny_decoder(cache_root):
-    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
     torch.manual_seed(0)
-    model = LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=tokenizer.vocab_size,
-                                   tie_word_embeddings=True)).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    backbone = Backbone("tiny-llama", model, tokenizer, is_decoder=True, fingerprint="tiny-llama-lm")
-    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, 64), FeatureStore(backbone, cache_root, 16), 64)
+    return tiny_frozen_llm(LlamaModel(LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2,
+                                                  vocab_size=minilm_vocab_size(), tie_word_embeddings=True)),
+                           "tiny-llama-lm", True, cache_root)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from bench.config import load_config
-from bench.features import FeatureStore, FrozenLLM
-from bench.llm import BACKBONES, Backbone, _package_file
+from bench.llm import BACKBONES, _package_file
 from bench.split import build_split
 from bench.training import bpr_loss
-from conftest import assert_no_prompt_leak, fit_paradigms
+from conftest import assert_no_prompt_leak, fit_paradigms, minilm_vocab_size, tiny_frozen_llm
 from paradigms.lora import adapted_copy
 
 LORA = ("id-direct-lora", "id-translation-lora")
@@ -17,14 +16,10 @@ WIDTH, LAYERS = 32, 3
 
 
 def tiny_llm(cache_root):
-    tokenizer = AutoTokenizer.from_pretrained(str(_package_file(*BACKBONES.get("minilm"))))
     torch.manual_seed(0)
     model = BertModel(BertConfig(hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=2,
-                                 intermediate_size=37, vocab_size=tokenizer.vocab_size)).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    backbone = Backbone("tiny-bert", model, tokenizer, is_decoder=False, fingerprint="tiny-bert-lora")
-    return FrozenLLM(backbone, FeatureStore(backbone, cache_root, 64), FeatureStore(backbone, cache_root, 16), 64)
+                                 intermediate_size=37, vocab_size=minilm_vocab_size()))
+    return tiny_frozen_llm(model, "tiny-bert-lora", False, cache_root)
 
 
 @pytest.fixture(scope="module")
