@@ -144,7 +144,8 @@ class Paradigm:
 
     Class attributes: ``name`` (registry key), ``version`` (bumped when results can change),
     ``description`` (one line for ``bench list``), ``defaults`` (its config keys under ``paradigms.NAME``),
-    ``needs_encoder``/``needs_llm`` (what the runner must provide), ``in_all`` (part of ``--paradigms all``),
+    ``needs_encoder``/``needs_llm`` (what the runner must provide; ``needs_decoder``: the LLM must be a decoder with
+    tied embeddings, else the run skips the paradigm with one line), ``in_all`` (part of ``--paradigms all``),
     ``search_space`` (what ``bench tune`` may change: option names or ``train.KEY`` mapped to ``("float", low,
     high[, "log"])``, ``("int", low, high[, "log"])`` or ``("choice", [values])``).
     After ``fit``, ``info`` holds what the run's manifest records about training (``None``: nothing).
@@ -161,6 +162,7 @@ class Paradigm:
     defaults: ClassVar[Mapping[str, Any]] = {}
     needs_encoder: ClassVar[bool] = False
     needs_llm: ClassVar[bool] = False
+    needs_decoder: ClassVar[bool] = False
     in_all: ClassVar[bool] = True
     search_space: ClassVar[Mapping[str, tuple]] = {}
     info: dict | None = None

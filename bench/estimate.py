@@ -137,6 +137,8 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
     features = passes = ranking = 0.0
     total = Workload()
     for arm in run_arms:
+        if getattr(arm.cls, "needs_decoder", False) and not llms[arm.label].backbone.is_decoder:
+            continue  # the run skips it (bench.runner)
         work = arm.cls.workload(view, arm.config, arm.options)
         if work is None:
             result.unknown.append(arm.label)
@@ -148,7 +150,7 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
             if id(backbone) not in per_token:
                 per_token[id(backbone)] = time_llm(backbone)
             seconds = per_token[id(backbone)]
-        if arm.label in llms and llms[arm.label].backbone.is_decoder:  # encoders: the paradigm is skipped
+        if arm.label in llms:
             _refuse_unaffordable_full_ranking(arm, split, seconds)
         features += work.prompt_tokens * seconds
         passes += work.llm_tokens * seconds

@@ -99,6 +99,17 @@ def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
         raise
 
 
+def _unavailable(arm, shared: Resources) -> str | None:
+    """Why ``arm`` cannot run with this run's backbone (a decoder-only paradigm on an encoder), or None."""
+    if not getattr(arm.cls, "needs_decoder", False):
+        return None
+    backbone = shared.llm_for(arm.config).backbone
+    if backbone.is_decoder:
+        return None
+    return (f"backbone '{backbone.name}' is an encoder and {arm.label} scores by a decoder's likelihood; "
+            "run it with --llm smollm2-135m")
+
+
 def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None) -> Path:
     """Compute (or reuse) every (arm, seed) job, then write the run directory (rank 0)."""
     world = distributed.world()
@@ -113,6 +124,12 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
+            continue
+        reason = _unavailable(arm, shared)
+        if reason:
+            if world.is_main:
+                print(f"skipped {arm.label}: {reason}", file=sys.stderr)
+            skipped[arm.label] = reason
             continue
         job = state.load(index, arm.label, seed, arm.cls.version) if world.is_main else None
         if world.broadcast(job is not None):

@@ -43,6 +43,7 @@ class _Likelihood(Paradigm):
     cue: ClassVar[str] = ". Next:"
     version = "1"
     needs_llm = True
+    needs_decoder = True
     in_all = False
 
     @classmethod

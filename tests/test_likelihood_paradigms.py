@@ -111,3 +111,17 @@ def test_full_ranking_that_would_take_hours_is_refused_naming_the_protocol(fitte
         _refuse_unaffordable_full_ranking(arm, split, 1.0)
     tower = SimpleNamespace(cls=registry.get("id-direct"), config=cfg, label="id-direct")
     _refuse_unaffordable_full_ranking(tower, split, 1.0)
+
+
+def test_a_run_skips_decoder_paradigms_on_an_encoder_backbone_and_the_plan_leaves_them_out(fitted):
+    from bench.runner import _unavailable
+
+    cfg, split, _, _ = fitted
+    encoder = SimpleNamespace(backbone=SimpleNamespace(is_decoder=False, name="minilm"))
+    decoder = SimpleNamespace(backbone=SimpleNamespace(is_decoder=True, name="smollm2-135m"))
+    arms = [SimpleNamespace(cls=registry.get(n), config=cfg, label=n) for n in (*LM, "ra-rec-lm")]
+    for arm in arms:
+        assert "--llm smollm2-135m" in _unavailable(arm, SimpleNamespace(llm_for=lambda c: encoder))
+        assert _unavailable(arm, SimpleNamespace(llm_for=lambda c: decoder)) is None
+    tower = SimpleNamespace(cls=registry.get("id-direct"), config=cfg, label="id-direct")
+    assert _unavailable(tower, SimpleNamespace(llm_for=lambda c: encoder)) is None

@@ -122,7 +122,7 @@ def test_prompts_and_token_accounting(setup):
 
 
 def test_variants_are_the_same_family_with_other_defaults(setup):
-    assert [c.name for c in registry.resolve("ra-rec*")] == VARIANTS
+    assert [c.name for c in registry.resolve("ra-rec*")] == sorted([*VARIANTS, "ra-rec-lm"])
     assert all(not registry.get(n).in_all for n in VARIANTS[1:]) and registry.get("ra-rec").in_all
     noid = _fit(setup, "ra-rec-noid")
     assert noid._towers.user.projector is None and noid._towers.user.instruction is not None
