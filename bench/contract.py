@@ -44,6 +44,11 @@ class TokenUsage:
     history_kept: int
 
 
+def lacks_decoder(cls: type, backbone) -> bool:
+    """True when paradigm class ``cls`` needs a decoder backbone (``needs_decoder``) and ``backbone`` is not one."""
+    return bool(getattr(cls, "needs_decoder", False)) and not backbone.is_decoder
+
+
 def _no_validation(score: ScoreFn) -> float:
     raise BenchError("context.validate is not set: build the context through bench.evaluation.fit_paradigm")
 

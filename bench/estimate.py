@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bench.contract import SplitView, Workload
+from bench.contract import SplitView, Workload, lacks_decoder
 from bench.errors import BenchError
 from bench.llm import Backbone
 from bench.metrics import chunk_size, rank_chunk
@@ -137,7 +137,7 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
     features = passes = ranking = 0.0
     total = Workload()
     for arm in run_arms:
-        if getattr(arm.cls, "needs_decoder", False) and not llms[arm.label].backbone.is_decoder:
+        if arm.label in llms and lacks_decoder(arm.cls, llms[arm.label].backbone):
             continue  # the run skips it (bench.runner)
         work = arm.cls.workload(view, arm.config, arm.options)
         if work is None:

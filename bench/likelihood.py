@@ -82,6 +82,7 @@ def continuation_scores(backbone: Backbone, prompt: Sequence[int], continuations
     pad = backbone.tokenizer.pad_token_id or 0
     device, context = backbone.device, context or contextlib.nullcontext()
     out = torch.empty(len(continuations), dtype=torch.float32)
+    cache_keyword = _cache_keyword(model)
     with torch.no_grad(), context:
         if reuse_prompt:
             first = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
@@ -89,14 +90,16 @@ def continuation_scores(backbone: Backbone, prompt: Sequence[int], continuations
         for start in range(0, len(continuations), batch_size):
             chunk = continuations[start:start + batch_size]
             if reuse_prompt:
-                out[start:start + len(chunk)] = _cached_batch(model, cache, last, len(prompt), chunk, pad, head,
-                                                              device)
+                out[start:start + len(chunk)] = _cached_batch(model, cache_keyword, cache, last, len(prompt),
+                                                              chunk, pad, head, device)
             else:
                 out[start:start + len(chunk)] = _whole_batch(model, prompt, chunk, pad, head, device)
     return out
 
 
-def _cached_batch(model, cache, last: torch.Tensor, prompt_len: int, chunk, pad: int, head, device) -> torch.Tensor:
+def _cached_batch(model, keyword: str, cache, last: torch.Tensor, prompt_len: int, chunk, pad: int, head,
+                  device) -> torch.Tensor:
+    """Scores of one batch of continuations after the prompt whose cache is ``cache`` (passed as ``keyword``)."""
     ids, mask = _pad(chunk, pad, device)
     n, length = ids.shape
     batch_cache = copy.deepcopy(cache)
@@ -104,15 +107,15 @@ def _cached_batch(model, cache, last: torch.Tensor, prompt_len: int, chunk, pad:
     attention = torch.cat([torch.ones(n, prompt_len, dtype=mask.dtype, device=device), mask], dim=1)
     positions = torch.arange(prompt_len, prompt_len + length, device=device).expand(n, length)
     hidden = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                   **_cache_argument(model, batch_cache)).last_hidden_state
+                   **{keyword: batch_cache}).last_hidden_state
     predictors = torch.cat([last.expand(n, 1, -1), hidden[:, :-1]], dim=1)  # the state before each token
     return _normalised(_token_logprobs(predictors, ids, head), mask).cpu()
 
 
-def _cache_argument(model, cache) -> dict:
+def _cache_keyword(model) -> str:
     """The keyword a model's ``forward`` takes the cache by: ``cache`` (transformers >= 5.2x) or
     ``past_key_values`` (earlier)."""
-    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _returned_cache(output):

@@ -25,6 +25,7 @@ import torch
 
 from bench import distributed, estimate, metrics, plan, registry, report
 from bench.config import Config, suggest
+from bench.contract import lacks_decoder
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
 from bench.protocols import save_candidates
@@ -104,7 +105,7 @@ def _unavailable(arm, shared: Resources) -> str | None:
     if not getattr(arm.cls, "needs_decoder", False):
         return None
     backbone = shared.llm_for(arm.config).backbone
-    if backbone.is_decoder:
+    if not lacks_decoder(arm.cls, backbone):
         return None
     return (f"backbone '{backbone.name}' is an encoder and {arm.label} scores by a decoder's likelihood; "
             "run it with --llm smollm2-135m")
