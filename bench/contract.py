@@ -12,18 +12,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from bench.config import Config
 from bench.errors import BenchError
-
-if TYPE_CHECKING:
-    from bench.encoders import Encoder
-    from bench.features import FrozenLLM
-    from bench.split import Split
 
 #: ``score(users, stage) -> [len(users), n_items]`` as a paradigm implements it.
 ScoreFn = Callable[[np.ndarray, str], torch.Tensor]
@@ -42,6 +37,70 @@ class TokenUsage:
     soft_tokens: int
     history_len: int
     history_kept: int
+
+
+class SplitData(Protocol):
+    """The split the harness holds (``bench.split.Split``), as far as :class:`SplitView` forwards it."""
+
+    n_users: int
+    n_items: int
+    hash: str
+
+    def history(self, user: int, stage: str) -> np.ndarray: ...
+
+
+class EncoderView(Protocol):
+    """The pretrained ID encoder a paradigm receives as ``context.encoder`` (``bench.encoders.Encoder``)."""
+
+    model: torch.nn.Module
+    max_seq_len: int
+    key: str
+
+    @property
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, d] item vectors (row 0 = padding)."""
+
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """[len(histories), n_items] the encoder's own scores of every item after each history."""
+
+    def user_representations(self, histories: Sequence[np.ndarray], batch_size: int = 4096) -> torch.Tensor:
+        """[len(histories), d] user vectors."""
+
+    def stage_representations(self, split: Any, stage: str) -> torch.Tensor:
+        """[n_users, d] user vectors before ``stage`` (row 0 = padding), shared by every paradigm."""
+
+
+class BackboneView(Protocol):
+    """The frozen transformers model behind ``context.llm`` (``bench.llm.Backbone``): what paradigms use of it."""
+
+    name: str
+    fingerprint: str
+    model: torch.nn.Module
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    width: int
+    n_layers: int
+    is_decoder: bool
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under the backbone's tokenizer."""
+
+
+class TextFeatures(Protocol):
+    """A cache of pooled backbone features of texts (``bench.features.FeatureStore``)."""
+
+    def encode(self, texts: Sequence[str], progress=None, desc: str = "encode") -> torch.Tensor:
+        """[len(texts), width] float32 features."""
+
+
+class LLMView(Protocol):
+    """What LLM paradigms receive as ``context.llm`` (``bench.features.FrozenLLM``)."""
+
+    backbone: BackboneView
+    prompts: TextFeatures
+    items: TextFeatures
+    token_budget: int
 
 
 def lacks_decoder(cls: type, backbone) -> bool:
@@ -63,8 +122,8 @@ class Context:
     seed: int
     device: torch.device
     cache_dir: Path | None
-    encoder: "Encoder | None" = None
-    llm: "FrozenLLM | None" = None
+    encoder: EncoderView | None = None
+    llm: LLMView | None = None
     progress: Callable[..., Any] | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
     validate: Callable[[ScoreFn], float] = _no_validation
@@ -80,7 +139,7 @@ class SplitView:
     _SHARED = ("dataset", "user_ids", "item_ids", "titles", "popularity", "stats", "hash", "n_users", "n_items",
                "users", "has_titles", "title", "train_history", "train_lengths")
 
-    def __init__(self, split: "Split"):
+    def __init__(self, split: SplitData):
         self.__split = split
         self.__scoring = False
 

@@ -24,7 +24,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TYPE_CHECKING
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,6 @@ from bench.precision import Precision, resolve_dtype
 from bench.progress import progress_bar
 from bench.split import Split, recbole_settings, split_from_recbole
 
-if TYPE_CHECKING:
-    from bench.contract import SplitView
 
 ENCODER_VERSION = "3"  # 2: fused GELU, encoder.dtype; 3: MaskDropout
 
@@ -103,9 +101,10 @@ class Encoder:
             parts.append(self.model.forward(batch[self.model.ITEM_SEQ], batch[self.model.ITEM_SEQ_LEN]))
         return torch.cat(parts) if parts else torch.empty(0, self.item_embeddings.shape[1], device=self.device)
 
-    def stage_representations(self, split: "Split | SplitView", stage: str) -> torch.Tensor:
+    def stage_representations(self, split: Split, stage: str) -> torch.Tensor:
         """[n_users, d] user representations before ``stage`` (row 0 = padding, zeros), computed once per
-        (split, stage) and shared by every paradigm that asks."""
+        (split, stage) and shared by every paradigm that asks. ``split``: the split or a paradigm's view of it
+        (anything with ``hash``, ``users`` and ``history(user, stage)``)."""
         key = (split.hash, stage)
         if key not in self._stage_cache:
             users = split.users

@@ -20,14 +20,26 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, Protocol as Structural
 
 import numpy as np
 
 from bench.errors import BenchError
 
-if TYPE_CHECKING:
-    from bench.split import Split
+
+class SplitLists(Structural):
+    """What drawing candidates reads of a split (``bench.split.Split``): ids, popularity, histories, targets."""
+
+    n_items: int
+    users: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    popularity: np.ndarray
+
+    def history(self, user: int, stage: str) -> np.ndarray: ...
+
+    def target(self, stage: str) -> np.ndarray: ...
+
 
 FULL = "full"
 _SAMPLED = re.compile(r"^(uni|pop)([1-9][0-9]*)$")
@@ -81,7 +93,7 @@ def parse_protocols(names, key: str = "eval.protocols") -> list[Protocol]:
     return protocols
 
 
-def draw_candidates(split: "Split", stage: str, protocol: Protocol, seed: int) -> np.ndarray:
+def draw_candidates(split: SplitLists, stage: str, protocol: Protocol, seed: int) -> np.ndarray:
     """Negatives ``[n_users - 1, N]`` (internal item ids, ascending per row; row ``u - 1`` is user ``u``) of a
     sampled protocol for ``stage``: Gumbel top-N over the eligible items, which is sampling without replacement
     with probability proportional to each item's weight. A one-line error when a user has fewer than ``N``
@@ -105,14 +117,14 @@ def draw_candidates(split: "Split", stage: str, protocol: Protocol, seed: int) -
     return out
 
 
-def _exclude(keys: np.ndarray, split: "Split", block: np.ndarray, stage: str) -> None:
+def _exclude(keys: np.ndarray, split: SplitLists, block: np.ndarray, stage: str) -> None:
     """Set the keys of every user's history before ``stage`` and target to -inf."""
     histories = [np.append(split.history(int(u), stage), split.target(stage)[u]) for u in block]
     rows = np.repeat(np.arange(len(block)), [len(h) for h in histories])
     keys[rows, np.concatenate(histories)] = -np.inf
 
 
-def _check_enough(keys: np.ndarray, split: "Split", block: np.ndarray, protocol: Protocol, stage: str) -> None:
+def _check_enough(keys: np.ndarray, split: SplitLists, block: np.ndarray, protocol: Protocol, stage: str) -> None:
     eligible = np.isfinite(keys).sum(axis=1)
     short = np.flatnonzero(eligible < protocol.negatives)
     if len(short):
@@ -122,7 +134,7 @@ def _check_enough(keys: np.ndarray, split: "Split", block: np.ndarray, protocol:
                          f"negatives (e.g. {protocol.sampling}{max(1, int(eligible.min()))}) or uni sampling")
 
 
-def candidate_lists(split: "Split", protocols: list[Protocol], seed: int) -> dict[str, dict[str, np.ndarray]]:
+def candidate_lists(split: SplitLists, protocols: list[Protocol], seed: int) -> dict[str, dict[str, np.ndarray]]:
     """``{protocol: {stage: negatives [n_users - 1, N]}}`` of every sampled protocol (full needs none)."""
     return {p.name: {stage: draw_candidates(split, stage, p, seed) for stage in ("valid", "test")}
             for p in protocols if not p.is_full}
@@ -140,7 +152,7 @@ def candidates_hash(lists: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, 
     return out
 
 
-def save_candidates(path: Path, split: "Split", lists: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+def save_candidates(path: Path, split: SplitLists, lists: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """Write ``candidates.npz``: ``PROTOCOL.STAGE`` arrays ``[n_users - 1, N]`` of internal item ids (row i: the
     user ``user_ids[i]``), and the raw ``user_ids`` / ``item_ids`` that translate them (index 0 is padding)."""
     dtype = np.uint16 if split.n_items <= np.iinfo(np.uint16).max else np.int32

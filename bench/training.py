@@ -5,13 +5,14 @@ paradigm, so differences in results come from the representation, not the budget
 ``train.negatives`` items uniformly over real items, shared by all its samples, and every sample also
 takes the other samples' targets as in-batch negatives. Sharing keeps the item side of a batch small
 (batch + negatives items), which matters for paradigms whose item vectors go through the LLM.
+Functions typed ``split: Split`` read only what a paradigm's ``SplitView`` also offers, and take either.
 """
 from __future__ import annotations
 
 import copy
 import re
 import time
-from typing import Callable, Iterable, TYPE_CHECKING
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -21,9 +22,6 @@ from bench.config import Config
 from bench.distributed import world
 from bench.progress import progress_bar
 from bench.split import Split
-
-if TYPE_CHECKING:
-    from bench.contract import SplitView
 
 
 class TrainingTask:
@@ -58,7 +56,7 @@ class TrainingTask:
         return (self.sample_vectors if side == "user" else self.item_vectors)(ids), None
 
 
-def training_samples(split: "Split | SplitView", per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_samples(split: Split, per_user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``per_user`` most recent (prefix -> next item) pairs of every user's training history.
 
     Returns ``(users, prefix_lengths, targets)``: sample s predicts ``train_history(users[s])[prefix_lengths[s]]``
@@ -74,7 +72,7 @@ def training_samples(split: "Split | SplitView", per_user: int) -> tuple[np.ndar
     return np.array(users, dtype=np.int64), np.array(lengths, dtype=np.int64), np.array(targets, dtype=np.int64)
 
 
-def count_training_samples(split: "Split | SplitView", per_user: int) -> int:
+def count_training_samples(split: Split, per_user: int) -> int:
     """How many samples :func:`training_samples` yields, without building them."""
     return int(np.minimum(np.maximum(split.train_lengths()[1:] - 1, 0), per_user).sum())
 
@@ -89,7 +87,7 @@ def title_words(title: str | None) -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z0-9]+", title.lower()) if w not in _STOPWORDS and len(w) > 1)
 
 
-def denoise(split: "Split | SplitView", users: np.ndarray, lengths: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def denoise(split: Split, users: np.ndarray, lengths: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Boolean mask of samples to keep: drop those whose target title shares no word with the history titles
     (samples whose target has no title are kept)."""
     words = [title_words(t) for t in split.titles]
@@ -122,7 +120,7 @@ def diversity_sample(lengths: np.ndarray, popularity: np.ndarray, size: int, rng
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
-def select_samples(split: "Split | SplitView", opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
+def select_samples(split: Split, opts: dict, seed: int, users: np.ndarray, lengths: np.ndarray,
                    targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training samples an RA-Rec paradigm trains on: denoised (``opts['denoise']``), then
     ``opts['train_fraction']`` of them, drawn by diversity sampling (``opts['diversity']``) or uniformly."""
