@@ -264,6 +264,9 @@ def _check_values(tree: Mapping) -> None:
         raise BenchError("config key 'eval.ks' must be a non-empty list of positive integers")
     parse_protocols(tree["eval"]["protocols"])
     _check_report(tree["report"])
+    if not re.match(r"^(https?|file)://", tree["data"]["hub_url"] or ""):
+        raise BenchError(f"config key 'data.hub_url' must be an http://, https:// or file:// URL (the folder "
+                         f"holding Amazon_Books.zip), got {tree['data']['hub_url']!r}")
 
 
 def _check_report(section: Mapping) -> None:

@@ -8,13 +8,17 @@ one-line :class:`BenchError` naming the file and line.
 """
 from __future__ import annotations
 
+import contextlib
 import html
+import http.client
 import os
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,21 +34,29 @@ from bench.registry import Registry
 
 @dataclass(frozen=True)
 class KnownDataset:
-    """A data set bench knows by name: its RecBole folder/file name and, for hub data, the archive to fetch
-    (``url`` None: it ships with the recbole wheel)."""
+    """A data set bench knows by name: its RecBole folder/file name and, for hub data, the archive to fetch:
+    a file name under ``data.hub_url`` or a full URL (``archive`` None: it ships with the recbole wheel)."""
 
     folder: str
-    url: str | None = None
+    archive: str | None = None
+
+    def url(self, hub_url: str) -> str | None:
+        """Where the archive is: ``hub_url`` + the archive's name, or the archive itself when it is a URL."""
+        if self.archive is None or "://" in self.archive:
+            return self.archive
+        return hub_url.rstrip("/") + "/" + self.archive
 
 
 #: Data sets known by name (plugins: entry-point group ``bench.datasets``); any other NAME is looked up as
-#: DATA_DIR/NAME/NAME.inter.
+#: DATA_DIR/NAME/NAME.inter. RecBole's own hub names are aliases of the same entries.
 DATASETS: Registry[KnownDataset] = Registry("dataset", entry_point_group="bench.datasets")
+#: The default of ``data.hub_url``: RecBole's hub of the 2014 Amazon ratings (configs/default.yaml repeats it).
+HUB_URL = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/Amazon_ratings/"
 DATASETS.add("ml-100k", KnownDataset("ml-100k"), origin="bench.data")
-_HUB = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets/Amazon_ratings/"  # 2014 release
-DATASETS.add("book", KnownDataset("Amazon_Books", _HUB + "Amazon_Books.zip"), origin="bench.data")
-DATASETS.add("cloth", KnownDataset("Amazon_Clothing_Shoes_and_Jewelry",
-                                   _HUB + "Amazon_Clothing_Shoes_and_Jewelry.zip"), origin="bench.data")
+for _names, _folder in ((("book", "amazon-books"), "Amazon_Books"),
+                        (("cloth", "amazon-clothing-shoes-jewelry"), "Amazon_Clothing_Shoes_and_Jewelry")):
+    for _name in _names:
+        DATASETS.add(_name, KnownDataset(_folder, f"{_folder}.zip"), origin="bench.data")
 TITLE_FIELDS = ("title", "movie_title", "item_title", "name")
 _SCAN_BLOCK = 1 << 26  # bytes of an atomic file checked at a time by the vectorised line scan
 _EXACT_FLOAT = 2.0 ** 53  # larger timestamps take the reference parser (integers beyond it round differently)
@@ -85,76 +97,149 @@ def _recbole_example_dir() -> Path:
     return Path(spec.origin).parent / "dataset_example"
 
 
-def locate_dataset(name: str, data_dir: Path, download: bool = True, progress=None) -> DatasetFiles:
-    """Find data set ``name`` in ``data_dir`` (or the recbole wheel for ml-100k), downloading book/cloth."""
+def locate_dataset(name: str, data_dir: Path, download: bool = True, progress=None,
+                   hub_url: str = HUB_URL) -> DatasetFiles:
+    """Find data set ``name`` in ``data_dir`` (or the recbole wheel for ml-100k), downloading book/cloth from
+    ``hub_url`` when they are not there."""
     known = DATASETS.get(name) if name in DATASETS else None
     folder_name = known.folder if known else name
     found = _files_in(data_dir / folder_name, folder_name)
     if found:
         return found
-    if known and known.url is None:
+    if known and known.archive is None:
         found = _files_in(_recbole_example_dir() / folder_name, folder_name)
         if found:
             return found
-    if known and known.url:
+    if known and known.archive:
         target = data_dir / folder_name
         if not download:
             raise BenchError(
                 f"dataset '{name}' is not in {target}: place {folder_name}.inter and {folder_name}.item there "
-                f"(from {known.url}) or set data.download=true")
-        download_remote(name, target, progress)
-        found = _files_in(target, folder_name)
-        if found:
-            return found
-        raise BenchError(f"the archive for '{name}' did not contain {folder_name}.inter; remove {target} and retry")
+                f"(from {known.url(hub_url)}) or set data.download=true")
+        download_remote(name, target, progress, hub_url=hub_url)
+        return _files_in(target, folder_name)
     raise BenchError(
         f"unknown dataset '{name}'{suggest(name, DATASETS.names())}: no file {data_dir / name / (name + '.inter')};"
         f" use one of {', '.join(DATASETS.names())} or pass --data-dir DIR holding NAME/NAME.inter")
 
 
-def download_remote(name: str, target: Path, progress=None, attempts: int = 3) -> None:
-    """Download and unpack a hub data set into ``target`` (progress bar, size check, retries)."""
+#: Seconds waited after the n-th failed download attempt: n times this.
+RETRY_WAIT_S = 2.0
+_COPY_CHUNK = 1 << 20  # bytes copied at a time, downloading and unpacking
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def download_remote(name: str, target: Path, progress=None, attempts: int = 3, hub_url: str = HUB_URL) -> None:
+    """Download and unpack hub data set ``name`` into ``target`` (progress bar, size check, ``attempts`` tries).
+
+    Everything happens in a hidden working folder beside ``target`` (``.NAME.partial``, emptied first, so a run
+    after a killed one starts clean); the atomic files are moved into ``target`` only once all of them were
+    unpacked, the ``.inter`` last. On failure nothing is left: no working folder, no ``target``, and no folder
+    this call had to create above it.
+    """
     known = DATASETS.get(name)
-    folder_name, url = known.folder, known.url
-    target.mkdir(parents=True, exist_ok=True)
-    archive = target / f"{folder_name}.zip"
+    folder_name, url = known.folder, known.url(hub_url)
+    work = target.parent / f".{target.name}.partial"
+    created = _missing_folders(target)
+    done = False
+    try:
+        members = _download_members(name, url, work, folder_name, attempts, progress)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(members, key=lambda m: m.suffix == ".inter"):
+            os.replace(path, target / path.name)
+        done = True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for folder in created if not done else ():
+            with contextlib.suppress(OSError):  # absent, or holding something else: it stays as it is
+                folder.rmdir()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _download_members(name: str, url: str, work: Path, folder_name: str, attempts: int, progress) -> list[Path]:
+    """Fetch the archive at ``url`` into the fresh folder ``work`` and unpack its atomic files there (retrying
+    network and archive errors); the paths of the unpacked files."""
     last_error: Exception | None = None
     for attempt in range(1, attempts + 1):
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        archive = work / url.rsplit("/", 1)[-1]
         try:
             _fetch(url, archive, progress)
-            with zipfile.ZipFile(archive) as zf:
-                bad = zf.testzip()
-                if bad:
-                    raise zipfile.BadZipFile(f"corrupt member {bad}")
-                for member in zf.namelist():
-                    base = Path(member).name
-                    if base.startswith(folder_name) and Path(base).suffix in (".inter", ".item", ".user"):
-                        (target / base).write_bytes(zf.read(member))
-            archive.unlink()
-            return
-        except (urllib.error.URLError, OSError, zipfile.BadZipFile, ValueError) as exc:
+            members = _extract(archive, work, folder_name)
+        except _NETWORK_ERRORS + _ARCHIVE_ERRORS as exc:
             last_error = exc
-            archive.unlink(missing_ok=True)
-            if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-                break  # no network: retrying will not help
-            time.sleep(2 * attempt)
+            if not _worth_retrying(exc):
+                break
+            if attempt < attempts:
+                time.sleep(RETRY_WAIT_S * attempt)
+            continue
+        if not any(m.suffix == ".inter" for m in members):
+            raise BenchError(f"the archive {url} holds no {folder_name}.inter (at its root or in a folder); check "
+                             f"data.hub_url, or place {folder_name}.inter and .item into {work.parent / folder_name}/")
+        return members
     raise BenchError(
-        f"could not download dataset '{name}' ({last_error}); without a network, place {folder_name}.inter and "
-        f"{folder_name}.item from {url} into {target}/")
+        f"could not download dataset '{name}' from {url} ({_why(last_error)}; {attempt} attempt"
+        f"{'s' if attempt > 1 else ''}); without a network, place {folder_name}.inter and {folder_name}.item "
+        f"from that archive into {work.parent / folder_name}/, or set data.hub_url to a mirror")
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    """False for errors a second try will not change: no network or no such host, and HTTP client errors (404)
+    other than a timeout or a rate limit."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    return not isinstance(exc, urllib.error.URLError)
+
+
+def _why(exc: Exception) -> str:
+    """One line saying what went wrong with a download attempt."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason if isinstance(exc.reason, Exception) else exc
+    if isinstance(exc, _ARCHIVE_ERRORS):
+        return f"corrupt archive: {exc}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
 
 
 def _fetch(url: str, dest: Path, progress=None) -> None:
+    """Stream ``url`` into ``dest`` in blocks of ``_COPY_CHUNK`` bytes; ValueError when fewer bytes arrive than
+    the server announced (a connection cut off halfway)."""
     with urllib.request.urlopen(url, timeout=60) as response:
         expected = int(response.headers.get("Content-Length") or 0)
         got = 0
         with progress_bar(progress, total=expected or None, unit="B", unit_scale=True,
                           desc=f"download {dest.name}") as bar, open(dest, "wb") as out:
-            while block := response.read(1 << 20):
+            while block := response.read(_COPY_CHUNK):
                 out.write(block)
                 got += len(block)
                 bar.update(len(block))
     if expected and got != expected:
         raise ValueError(f"size mismatch: got {got} of {expected} bytes")
+
+
+def _extract(archive: Path, work: Path, folder_name: str) -> list[Path]:
+    """Unpack ``folder_name``.inter/.item/.user from ``archive`` (at its root or in any folder) into ``work``,
+    each member streamed through a bounded buffer and checked against its CRC as it is read (zipfile raises
+    BadZipFile on a mismatch); the paths written. The archive is deleted afterwards."""
+    wanted = {f"{folder_name}{suffix}" for suffix in (".inter", ".item", ".user")}
+    written: list[Path] = []
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            base = info.filename.rsplit("/", 1)[-1]
+            if info.is_dir() or base not in wanted or any(p.name == base for p in written):
+                continue
+            dest = work / base
+            with zf.open(info) as source, open(dest, "wb") as out:
+                shutil.copyfileobj(source, out, _COPY_CHUNK)
+            written.append(dest)
+    archive.unlink()
+    return written
 
 
 def _header(path: Path) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ import pandas as pd
 from bench.config import Config
 from bench.distributed import world
 from bench.contract import Context, Paradigm, ScoreFn, SplitView
-from bench.metrics import evaluate_candidates, evaluate_protocols, metrics_from_ranks
+from bench.metrics import TOP_ITEMS, evaluate_candidates, evaluate_protocols, metrics_from_ranks
 from bench.resources import Resources, Timings, seed_everything
 from bench.rundir import ID_COLUMNS, with_protocol
 from bench.split import STAGES, Split
@@ -36,14 +36,16 @@ def local_users(split: Split) -> np.ndarray:
 
 def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, chunk_mb: int, progress=None,
                 desc: str = "rank", candidates: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                full: bool = True, score_candidates=None) -> dict[str, np.ndarray]:
+                full: bool = True, score_candidates=None, top_k: int = 0) -> dict[str, np.ndarray]:
     """Rank (1 = best) of the ``stage`` target of each of :func:`local_users` under ``score`` (one process:
     [n_users - 1], every real user), per protocol: ``"full"`` over all items (when ``full``; with
     ``mask_history`` the items of the user's history before that stage are excluded) and every sampled protocol
     of ``candidates`` (``{protocol: {stage: negatives [n_users - 1, N]}}``, :mod:`bench.protocols`).
 
     With ``score_candidates`` (a paradigm's ``score_candidates(users, stage, items)``, :class:`Paradigm`) the
-    sampled protocols are scored through it, each user's candidates only; ``score`` then serves full ranking."""
+    sampled protocols are scored through it, each user's candidates only; ``score`` then serves full ranking.
+    With ``full`` and ``top_k > 0`` the result also holds each user's ``top_k`` items under full ranking
+    (key :data:`bench.metrics.TOP_ITEMS`, int32 ``[users, top_k]``)."""
     users = local_users(split)
     histories = [split.history(int(u), stage) for u in users] if mask_history and full else None
     negatives = {name: lists[stage][users - 1] for name, lists in (candidates or {}).items()}
@@ -56,7 +58,7 @@ def stage_ranks(score: ScoreFn, split: Split, stage: str, mask_history: bool, ch
     if not full and not negatives:
         return sampled
     ranks = evaluate_protocols(lambda chunk: score(chunk, stage), users, targets, histories, split.n_items,
-                               negatives, full, chunk_mb, progress, desc)
+                               negatives, full, chunk_mb, progress, desc, top_k)
     return {**ranks, **sampled}
 
 
@@ -94,7 +96,9 @@ class JobResult:
     """What one (arm, seed) job produced.
 
     ``rows``: the per-user ranks (:data:`bench.rundir.ID_COLUMNS`: paradigm, seed, stage, protocol, user, rank) of
-    every stage and protocol, ``None`` on the ranks other than 0 of a distributed run; ``tokens``: the prompt-cost
+    every stage and protocol, ``None`` on the ranks other than 0 of a distributed run; ``top_items``: per stage,
+    every user's top ``eval.topk`` items under full ranking (int32 ``[users, K]``, internal ids, users in split
+    order; empty when ``eval.topk`` is 0 or the run has no full ranking); ``tokens``: the prompt-cost
     rows (:data:`bench.rundir.TOKEN_COLUMNS`, first seed only, else empty); ``info``: the manifest's record of the job
     (``trainable_parameters``, ``fit_seconds``, ``score_seconds``, ``training``); ``version``: the paradigm version
     that produced it."""
@@ -105,6 +109,7 @@ class JobResult:
     rows: pd.DataFrame | None
     tokens: tuple[tuple, ...] = ()
     info: dict = dataclasses.field(default_factory=dict)
+    top_items: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def record(self) -> dict:
         """Everything but the rows, as plain JSON data (what a resumable run saves beside the rows)."""
@@ -112,11 +117,14 @@ class JobResult:
                 "tokens": [list(row) for row in self.tokens], "info": self.info}
 
     @classmethod
-    def from_record(cls, rows: pd.DataFrame | None, record: dict) -> "JobResult":
-        """The job saved as ``rows`` and :meth:`record` (rows of an older run keep their id and rank columns)."""
+    def from_record(cls, rows: pd.DataFrame | None, record: dict,
+                    top_items: Mapping[str, np.ndarray] | None = None) -> "JobResult":
+        """The job saved as ``rows``, :meth:`record` and ``top_items`` (rows of an older run keep their id and rank
+        columns)."""
         return cls(label=record["label"], seed=record["seed"], version=record["version"],
                    rows=None if rows is None else with_protocol(rows)[list(ID_COLUMNS)],
-                   tokens=tuple(tuple(row) for row in record.get("tokens") or []), info=record.get("info") or {})
+                   tokens=tuple(tuple(row) for row in record.get("tokens") or []), info=record.get("info") or {},
+                   top_items=dict(top_items or {}))
 
 
 def job_context(arm, seed: int, resources: Resources) -> Context:
@@ -139,14 +147,17 @@ def run_job(arm, seed: int, resources: Resources, timings: Timings) -> JobResult
     tag = f"{arm.label}/seed{seed}"
     with timings(f"{tag}/fit"):
         fit_paradigm(paradigm, split, context)
-    frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources, timings) for stage in STAGES]
+    top_items: dict[str, np.ndarray] = {}
+    frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources, timings, top_items)
+              for stage in STAGES]
     rows = gather_rows_on_main(pd.concat(frames, ignore_index=True), split)
+    top_items = gather_lists_on_main(top_items)
     info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
             "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
             "training": getattr(paradigm, "info", None)}
     tokens = _token_rows(paradigm, arm.label, split) if seed == cfg["seeds"][0] else []
     return JobResult(label=arm.label, seed=seed, version=arm.cls.version, rows=rows, tokens=tuple(tokens),
-                     info=info)
+                     info=info, top_items=top_items or {})
 
 
 def gather_rows_on_main(frame: pd.DataFrame, split: Split) -> pd.DataFrame | None:
@@ -170,15 +181,30 @@ def gather_rows_on_main(frame: pd.DataFrame, split: Split) -> pd.DataFrame | Non
     return rows
 
 
+def gather_lists_on_main(lists: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Every rank's top-K lists on rank 0, per stage, in user order (each rank holds a contiguous share of the
+    users, so rank order is user order); ``None`` on the other ranks; ``lists`` itself in one process."""
+    if not world().distributed:
+        return dict(lists)
+    parts = world().gather_to_main(dict(lists))
+    if parts is None:
+        return None
+    return {stage: np.concatenate([part[stage] for part in parts]) for stage in lists}
+
+
 def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: Split, cfg: Config,
-                 resources: Resources, timings: Timings) -> pd.DataFrame:
-    """The per-user rows of one stage: one block per protocol, in ``eval.protocols`` order."""
+                 resources: Resources, timings: Timings, top_items: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The per-user rows of one stage: one block per protocol, in ``eval.protocols`` order. The stage's top-K
+    lists (when ``eval.topk`` > 0 and the run ranks fully) go into ``top_items[stage]``."""
     tag = f"{label}/seed{seed}"
     with timings(f"{tag}/score_{stage}"):
         ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
                             resources.progress, f"{tag} {stage}", resources.candidates,
                             full="full" in cfg["eval.protocols"],
-                            score_candidates=getattr(paradigm, "score_candidates", None))
+                            score_candidates=getattr(paradigm, "score_candidates", None),
+                            top_k=cfg["eval.topk"])
+    if TOP_ITEMS in ranks:
+        top_items[stage] = ranks.pop(TOP_ITEMS)
     users = split.user_ids[local_users(split)]
     return pd.concat([pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "protocol": name,
                                     "user": users, "rank": ranks[name]})[list(ID_COLUMNS)]

@@ -28,13 +28,29 @@ def chunk_size(n_items: int, chunk_mb: int) -> int:
     return max(1, min(4096, (chunk_mb << 20) // per_user))
 
 
-def _mask_rows(scores: torch.Tensor, histories: Sequence[np.ndarray]) -> None:
+#: The key of :func:`evaluate_protocols`' result that holds the top-K lists (next to the protocols' ranks).
+TOP_ITEMS = "top_items"
+
+
+def _mask_rows(scores: torch.Tensor, histories: Sequence[np.ndarray], value: float = float("nan")) -> None:
     lengths = [len(h) for h in histories]
     if not sum(lengths):
         return
     rows = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor(lengths))
     cols = torch.from_numpy(np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]))
-    scores[rows.to(scores.device), cols.to(scores.device)] = float("nan")
+    scores[rows.to(scores.device), cols.to(scores.device)] = value
+
+
+def top_items(scores: torch.Tensor, histories: Sequence[np.ndarray] | None, k: int) -> np.ndarray:
+    """The ``k`` best items ``[b, k]`` (internal ids, best first) of a score block ``[b, n_items]``, over the same
+    candidates as full ranking (never the padding id; with ``histories``, never a history item). Equal scores are
+    ordered by item id, so the lists are reproducible. The block itself is never written."""
+    scores = comparable_copy(scores)
+    scores[:, 0] = float("-inf")
+    if histories is not None:
+        _mask_rows(scores, histories, float("-inf"))
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return order.cpu().numpy().astype(np.int32)
 
 
 def comparable_copy(scores: torch.Tensor) -> torch.Tensor:
@@ -88,18 +104,22 @@ def sampled_ranks(scores: torch.Tensor, targets: np.ndarray, negatives: np.ndarr
 def evaluate_protocols(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray,
                        histories: Sequence[np.ndarray] | None, n_items: int,
                        negatives: Mapping[str, np.ndarray] | None = None, full: bool = True, chunk_mb: int = 256,
-                       progress=None, desc: str = "rank") -> dict[str, np.ndarray]:
+                       progress=None, desc: str = "rank", top_k: int = 0) -> dict[str, np.ndarray]:
     """Rank of each user's target under full ranking (``full``, key ``"full"``) and under every sampled protocol
     of ``negatives`` (``{protocol: [len(users), N]}`` item ids), from one ``score_fn`` pass, chunk by chunk.
 
     ``score_fn(user_chunk) -> Tensor[len(chunk), n_items]``; ``targets``, ``histories`` and the rows of
     ``negatives`` align with ``users`` (``histories=None`` disables history masking of the full ranking).
-    Returns ``{protocol: int64 ranks [len(users)]}``, 1 = best.
+    Returns ``{protocol: int64 ranks [len(users)]}``, 1 = best; with ``full`` and ``top_k > 0`` also
+    ``{TOP_ITEMS: int32 [len(users), top_k]}``, each user's :func:`top_items`.
     """
     users = np.asarray(users, dtype=np.int64)
     negatives = dict(negatives or {})
     names = (["full"] if full else []) + list(negatives)
     ranks = {name: np.empty(len(users), dtype=np.int64) for name in names}
+    top_k = min(top_k, n_items - 1) if full else 0
+    if top_k > 0:
+        ranks[TOP_ITEMS] = np.empty((len(users), top_k), dtype=np.int32)
     step = chunk_size(n_items, chunk_mb)
     with progress_bar(progress, total=len(users), desc=desc, unit="user", leave=False) as bar:
         for start in range(0, len(users), step):
@@ -111,6 +131,8 @@ def evaluate_protocols(score_fn: ScoreFn, users: np.ndarray, targets: np.ndarray
             if full:
                 chunk_hist = None if histories is None else histories[start:stop]
                 ranks["full"][start:stop] = rank_chunk(scores, targets[start:stop], chunk_hist)
+                if top_k > 0:
+                    ranks[TOP_ITEMS][start:stop] = top_items(scores, chunk_hist, top_k)
             elif torch.isnan(scores).any():
                 raise BenchError("a paradigm returned NaN scores; check its training (learning rate, inputs)")
             for name, lists in negatives.items():

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import plots, stats
+from bench import beyond, plots, stats
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
 from bench.protocols import FULL, parse_protocol
@@ -60,7 +60,8 @@ def significance(run: Run, metrics: list[str] | None = None) -> pd.DataFrame:
 @dataclass
 class ProtocolReport:
     """One protocol's share of a report: its rows, the metrics that say something under it, their summary,
-    the pairwise tests and the results table; ``suffix`` names its files (empty for the main protocol)."""
+    the pairwise tests and the results table; ``suffix`` names its files (empty for the main protocol);
+    ``beyond``: the beyond-accuracy table (:func:`beyond_accuracy_table`) under full ranking, else ``None``."""
 
     name: str
     view: Run
@@ -69,6 +70,7 @@ class ProtocolReport:
     tests: pd.DataFrame
     table: pd.DataFrame
     suffix: str
+    beyond: pd.DataFrame | None = None
 
 
 def protocol_reports(run: Run) -> list[ProtocolReport]:
@@ -79,7 +81,8 @@ def protocol_reports(run: Run) -> list[ProtocolReport]:
         summary = summarise(view.per_user, view.metrics)
         tests = significance(view, metrics)
         out.append(ProtocolReport(name, view, metrics, summary, tests, results_table(view, summary, tests, metrics),
-                                  "" if index == 0 else f"-{name}"))
+                                  "" if index == 0 else f"-{name}",
+                                  beyond_accuracy_table(run) if name == FULL else None))
     return out
 
 
@@ -93,7 +96,8 @@ def build(run_dir: Path, overrides=()) -> None:
     write_json(run.path / "metrics.json", _metrics_json(run, parts))
     for part in parts:
         atomic_write_text(run.path / f"significance{part.suffix}.csv", significance_csv(part.tests))
-        atomic_write_text(run.path / f"results{part.suffix}.csv", part.table.to_csv(index=False, float_format="%.6g"))
+        table = part.table if part.beyond is None else part.table.merge(part.beyond, on="paradigm", how="left")
+        atomic_write_text(run.path / f"results{part.suffix}.csv", table.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(run.path / f"results{part.suffix}.tex", results_tex(part.view, part.table, part.metrics))
     atomic_write_text(run.path / "results.md", results_md(run, parts))
     plots.draw_all(run)
@@ -204,6 +208,7 @@ def results_md(run: Run, parts: list[ProtocolReport]) -> str:
         lines += _table_md(part.view, part.table, part.metrics)
     if len(parts) > 1:
         lines += _agreement_md(parts)
+    lines += _beyond_md(run, next((part.beyond for part in parts if part.beyond is not None), None))
     lines += _validation_md(main.view, main.summary, main.metrics)
     if len(run.tokens):
         lines += _token_md(run.tokens)
@@ -224,6 +229,48 @@ def _table_md(run: Run, table: pd.DataFrame, metrics: list[str]) -> list[str]:
             beats = row[f"{metric}_beats"]
             cells.append(text + (f"<sup>{beats}</sup>" if isinstance(beats, str) and beats else ""))
         lines.append("| " + " | ".join(cells + _extras(row, with_samples)) + " |")
+    return lines + [""]
+
+
+# -- beyond accuracy -------------------------------------------------------------------------------------------
+def beyond_accuracy_table(run: Run, stage: str = "test") -> pd.DataFrame | None:
+    """One row per paradigm with stored top-K lists: each ``report.beyond_metrics`` metric's mean and std over
+    seeds and its 95% bootstrap interval over users (``_mean``, ``_std``, ``_low``, ``_high``); ``None`` when the
+    run stored no lists or the config names no such metric."""
+    lists, columns = run.top_lists, list(run.config["report.beyond_metrics"])
+    if lists is None or not columns:
+        return None
+    beyond.check_k(columns, lists.k, str(run.path))
+    catalogue = beyond.Catalogue(lists.popularity, run.config["report.tail_ratio"])
+    rows = []
+    for name in run.paradigms:
+        by_seed = {seed: found for seed in run.seeds if (found := lists.get(name, seed, stage)) is not None}
+        if not by_seed:
+            continue
+        found = beyond.summary(by_seed, columns, catalogue, run.config["report.bootstrap"], run.config["report.seed"])
+        rows.append({"paradigm": name, **{f"{c}_{part}": found[c][part] for c in columns
+                                          for part in ("mean", "std", "low", "high")}})
+    return pd.DataFrame(rows) if rows else None
+
+
+def _beyond_md(run: Run, table: pd.DataFrame | None) -> list[str]:
+    """The beyond-accuracy section: per run, not per user, so an interval instead of significance letters."""
+    if table is None:
+        return []
+    columns = list(run.config["report.beyond_metrics"])
+    multi = len(run.seeds) > 1
+    lines = ["## Beyond accuracy", "",
+             f"What each paradigm recommends: its top-K lists on the test stage (full ranking), "
+             f"{'mean ± std over seeds' if multi else 'one seed'} and [95% interval over users: ± 1.96 bootstrap standard errors]; RecBole's "
+             f"definitions (Coverage: share of items recommended to anyone; Gini: inequality of exposure, lower "
+             f"is more even; AvgPop: training interactions of a recommended item; Tail: share of the "
+             f"{run.config['report.tail_ratio']:g} least popular training items). Lists: `topk.npz`.", "",
+             "| paradigm | " + " | ".join(map(beyond.display_name, columns)) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for row in table.to_dict("records"):
+        cells = [f"{row[f'{c}_mean']:.4g}" + (f" ± {row[f'{c}_std']:.2g}" if multi else "")
+                 + f" [{row[f'{c}_low']:.4g}, {row[f'{c}_high']:.4g}]" for c in columns]
+        lines.append(f"| {row['paradigm']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -263,6 +310,19 @@ def _agreement_md(parts: list[ProtocolReport]) -> list[str]:
     return lines + [""]
 
 
+def validation_table(run: Run, summary: dict, metrics: list[str]) -> pd.DataFrame:
+    """One row per paradigm: mean and std (over seeds) of each of ``metrics`` on the validation stage (None where
+    the paradigm has no validation value)."""
+    rows = []
+    for name in run.paradigms:
+        row: dict[str, Any] = {"paradigm": name}
+        for metric in metrics:
+            cell = summary[name].get("valid", {}).get(metric) or {}
+            row[f"{metric}_mean"], row[f"{metric}_std"] = cell.get("mean"), cell.get("std")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["paradigm", *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))])
+
+
 def _validation_md(run: Run, summary: dict, metrics: list[str]) -> list[str]:
     """The report metrics on the validation stage (what early stopping, tuning and defaults are chosen on)."""
     multi = len(run.seeds) > 1
@@ -270,13 +330,10 @@ def _validation_md(run: Run, summary: dict, metrics: list[str]) -> list[str]:
              "where early stopping, `bench tune` and the defaults choose; compare settings here, not on the test "
              "table.", "", "| paradigm | " + " | ".join(map(display_name, metrics)) + " |",
              "|---|" + "---:|" * len(metrics)]
-    for name in run.paradigms:
-        cells = []
-        for metric in metrics:
-            cell = summary[name].get("valid", {}).get(metric)
-            cells.append("" if cell is None else _number(cell["mean"]) + (f" ± {_number(cell['std'])}" if multi
-                                                                          else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for row in validation_table(run, summary, metrics).to_dict("records"):
+        cells = ["" if pd.isna(row[f"{m}_mean"]) else _number(row[f"{m}_mean"])
+                 + (f" ± {_number(row[f'{m}_std'])}" if multi else "") for m in metrics]
+        lines.append(f"| {row['paradigm']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -291,16 +348,26 @@ def _own_budgets(manifest, config) -> list[str]:
     return out
 
 
+def token_table(tokens: pd.DataFrame) -> pd.DataFrame:
+    """One row per LLM paradigm of ``tokens.csv``: mean and 95th percentile of prompt tokens (hard + soft), the
+    mean share of the history the prompt carries and the share of users whose history was cut."""
+    rows = []
+    for name, table in tokens.groupby("paradigm", sort=False):
+        length = table["hard_tokens"] + table["soft_tokens"]
+        rows.append({"paradigm": name, "mean_tokens": float(length.mean()),
+                     "p95_tokens": float(np.percentile(length, 95)),
+                     "history_carried": float((table["history_kept"] / table["history_len"].clip(lower=1)).mean()),
+                     "history_cut": float((table["history_kept"] < table["history_len"]).mean())})
+    return pd.DataFrame(rows, columns=["paradigm", "mean_tokens", "p95_tokens", "history_carried", "history_cut"])
+
+
 def _token_md(tokens: pd.DataFrame) -> list[str]:
     lines = ["## Prompt cost", "", "First seed, test-stage prompts; soft positions (RA-Rec) count as tokens.", "",
              "| paradigm | mean prompt tokens | p95 prompt tokens | mean history carried | users with history cut |",
              "|---|---:|---:|---:|---:|"]
-    for name, table in tokens.groupby("paradigm", sort=False):
-        length = table["hard_tokens"] + table["soft_tokens"]
-        carried = (table["history_kept"] / table["history_len"].clip(lower=1)).mean()
-        cut = (table["history_kept"] < table["history_len"]).mean()
-        lines.append(f"| {name} | {length.mean():.1f} | {np.percentile(length, 95):.0f} | {carried:.1%} | "
-                     f"{cut:.1%} |")
+    for row in token_table(tokens).itertuples(index=False):
+        lines.append(f"| {row.paradigm} | {row.mean_tokens:.1f} | {row.p95_tokens:.0f} | {row.history_carried:.1%} | "
+                     f"{row.history_cut:.1%} |")
     return lines + [""]
 
 

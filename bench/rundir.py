@@ -2,9 +2,10 @@
 
 A run directory holds ``config.yaml`` (the resolved config), ``manifest.json`` (a :class:`Manifest`: what ran,
 on what, for how long), ``per_user.csv`` (one row per paradigm, seed, stage, protocol and user: the target's
-rank, and nothing else: :data:`ID_COLUMNS`), ``tokens.csv`` (one row per LLM paradigm and user: prompt cost)
-and, when ``eval.protocols`` names sampled protocols, ``candidates.npz`` (their candidate lists,
-``bench.protocols``).
+rank, and nothing else: :data:`ID_COLUMNS`), ``tokens.csv`` (one row per LLM paradigm and user: prompt cost),
+``topk.npz`` (each user's top ``eval.topk`` items per paradigm, seed and stage under full ranking:
+:class:`TopLists`; absent when ``eval.topk`` is 0 or the run ranks no full list) and, when ``eval.protocols``
+names sampled protocols, ``candidates.npz`` (their candidate lists, ``bench.protocols``).
 ``bench.report`` and ``bench.plots`` read it through :meth:`Run.from_disk` only, which computes every metric from
 the ranks (``bench.metrics.METRICS``): ``eval.metrics`` at every K of ``eval.ks`` and ``report.ks``, plus whatever
 ``report.metrics`` names, so a report of an old run can add a K or a metric without rerunning it.
@@ -19,7 +20,10 @@ any other version is a clear error.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -27,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from bench.cache import atomic_write_text
+from bench.cache import atomic_write_bytes, atomic_write_text
 from bench.config import Config, check_report_values, load_config, parse_override
 from bench.errors import BenchError
 from bench.metrics import METRICS, metric_names, metrics_from_ranks
@@ -172,6 +176,56 @@ class Manifest:
         return (self.llm or {}).get("token_budget")
 
 
+@dataclass(frozen=True)
+class TopLists:
+    """Every job's top-K lists, as ``topk.npz`` stores them (no pickled objects): ``users`` (external user ids,
+    the row order of every list), ``items`` (external item ids by internal id; 0 = padding), ``popularity``
+    (training interactions per internal id) and ``lists[(paradigm, seed, stage)]`` (internal item ids
+    ``[n_users, K]``, best first)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    popularity: np.ndarray
+    lists: Mapping[tuple[str, int, str], np.ndarray]
+
+    FILE = "topk.npz"
+
+    @property
+    def k(self) -> int:
+        """The stored list length K (0 when no list is stored)."""
+        return min((a.shape[1] for a in self.lists.values()), default=0)
+
+    def get(self, paradigm: str, seed: int, stage: str) -> np.ndarray | None:
+        """The ``[n_users, K]`` lists of one job's stage (``None``: not stored)."""
+        return self.lists.get((paradigm, int(seed), stage))
+
+    def to_disk(self, folder: Path) -> None:
+        """Write ``folder/topk.npz`` (compressed; item ids in the smallest unsigned type that holds them)."""
+        dtype = np.uint16 if len(self.items) <= np.iinfo(np.uint16).max else np.int32
+        arrays = {f"{p}|{seed}|{stage}": a.astype(dtype) for (p, seed, stage), a in self.lists.items()}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, users=np.asarray(self.users, dtype=str), items=np.asarray(self.items, dtype=str),
+                            popularity=np.asarray(self.popularity, dtype=np.int64), **arrays)
+        atomic_write_bytes(folder / self.FILE, buffer.getvalue())
+
+    @classmethod
+    def from_disk(cls, folder: Path) -> "TopLists | None":
+        """The lists in ``folder/topk.npz`` (``None`` when the run stored none); a one-line error when damaged."""
+        path = Path(folder) / cls.FILE
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                lists = {}
+                for key in data.files:
+                    if key.count("|") == 2:
+                        paradigm, seed, stage = key.split("|")
+                        lists[paradigm, int(seed), stage] = data[key].astype(np.int64)
+                return cls(data["users"], data["items"], data["popularity"], lists)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise BenchError(f"{path}: damaged top-K lists ({exc}); rerun the run to rebuild them") from None
+
+
 @dataclass
 class Run:
     """A finished run directory read back: per-user rows (the saved ids and ranks, plus the :attr:`metrics`
@@ -210,9 +264,12 @@ class Run:
         return run
 
     @staticmethod
-    def write(folder: Path, per_user: pd.DataFrame, tokens: list[tuple], manifest: Manifest) -> None:
+    def write(folder: Path, per_user: pd.DataFrame, tokens: list[tuple], manifest: Manifest,
+              lists: TopLists | None = None) -> None:
         """Write the run's data files into ``folder`` (which already holds ``config.yaml``); ``per_user.csv`` gets
-        the :data:`ID_COLUMNS` of ``per_user``, nothing else."""
+        the :data:`ID_COLUMNS` of ``per_user``, nothing else; ``lists`` (when given) goes to ``topk.npz``."""
+        if lists is not None:
+            lists.to_disk(folder)
         write_json(folder / "manifest.json", manifest.to_dict())
         atomic_write_text(folder / "per_user.csv", with_protocol(per_user)[list(ID_COLUMNS)].to_csv(index=False))
         atomic_write_text(folder / "tokens.csv", pd.DataFrame(tokens, columns=list(TOKEN_COLUMNS)).to_csv(index=False))
@@ -225,6 +282,11 @@ class Run:
             _check_metric(column, "report.metrics")
         values = metric_values(self.per_user["rank"].to_numpy(), needed, METRIC_DIGITS)
         return self.per_user.assign(**values) if values else self.per_user
+
+    @functools.cached_property
+    def top_lists(self) -> TopLists | None:
+        """The run's stored top-K lists (read on first use; ``None`` when it stored none)."""
+        return TopLists.from_disk(self.path)
 
     @property
     def paradigms(self) -> list[str]:

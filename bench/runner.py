@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import distributed, estimate, metrics, plan, registry, report
+from bench import beyond, distributed, estimate, metrics, plan, registry, report
 from bench.config import Config, suggest
 from bench.contract import lacks_decoder
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
 from bench.protocols import save_candidates
 from bench.resources import Resources, Timings, pick_device
-from bench.rundir import Manifest, Run
+from bench.rundir import Manifest, Run, TopLists
 from bench.state import RunState
 
 def default_run_dir(cfg: Config) -> Path:
@@ -48,6 +48,7 @@ def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | No
     out = Path(out) if out else Path(world.broadcast(str(default_run_dir(cfg))))
     _check_paradigm_sections(cfg)
     metrics.check_config(cfg)
+    beyond.check_config(cfg)
     parsed = plan.parse_sweep(sweep)
     run_arms = plan.arms(spec, cfg, parsed)
     state = RunState(out)
@@ -61,6 +62,7 @@ def dry_run(spec: str, cfg: Config, progress: Callable | None = None, sweep: str
     world = distributed.init(cfg["device"])
     _check_paradigm_sections(cfg)
     metrics.check_config(cfg)
+    beyond.check_config(cfg)
     run_arms = plan.arms(spec, cfg, plan.parse_sweep(sweep))
     shared = Resources(cfg, pick_device(cfg["device"], world), progress if world.is_main else None, Timings())
     return _plan_line(shared, run_arms, cfg)
@@ -121,7 +123,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     if world.is_main:
         print(line, file=sys.stderr)
     shared.prepare(run_arms)
-    frames, tokens, paradigm_info, skipped, reused = [], [], {}, {}, []
+    frames, tokens, paradigm_info, skipped, reused, lists = [], [], {}, {}, [], {}
     jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
@@ -149,6 +151,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
             continue
         frames.append(job.rows)
         tokens.extend(job.tokens)
+        lists.update({(arm.label, seed, stage): items for stage, items in job.top_items.items()})
         _record_info(paradigm_info, arm, seed, job.info,
                      _llm_record(shared.llm_for(arm.config)) if arm.cls.needs_llm else None)
 
@@ -158,7 +161,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
         manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
                              skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
                              resumed_by=" ".join(resumed_by) if resumed_by else None)
-        return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest, shared)
+        return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest, shared, lists)
 
     # The other ranks wait for rank 0's writing, so every process leaves the process group at the same point
     # (a gloo rank that tore its group down while a peer was still busy could abort at exit).
@@ -250,10 +253,12 @@ def _llm_record(llm) -> dict:
 
 
 def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest,
-               shared: Resources) -> Path:
+               shared: Resources, lists: dict) -> Path:
     """Write the final files into the working folder, build the tables, and rename it to the run directory."""
     tmp, out = state.dir, state.out  # config.yaml is already there (RunState.start)
-    Run.write(tmp, per_user, tokens, manifest)
+    split = shared.split
+    Run.write(tmp, per_user, tokens, manifest,
+              TopLists(split.user_ids[split.users], split.item_ids, split.popularity, lists) if lists else None)
     if shared.candidates:
         save_candidates(tmp / "candidates.npz", shared.split, shared.candidates)
     report.build(tmp)

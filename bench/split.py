@@ -118,7 +118,8 @@ def recbole_settings(max_seq_len: int) -> dict:
 def build_split(cfg: Config, cache_root: Path, progress=None) -> Split:
     """Load the split for ``cfg``'s data section from the cache, or build it through RecBole and cache it."""
     data_dir = datasets.default_data_dir(cfg["data.data_dir"])
-    files = datasets.locate_dataset(cfg["data.dataset"], data_dir, cfg["data.download"], progress)
+    files = datasets.locate_dataset(cfg["data.dataset"], data_dir, cfg["data.download"], progress,
+                                    hub_url=cfg["data.hub_url"])
     from recbole import __version__ as recbole_version  # noqa: PLC0415 (only to key the cache)
 
     key_parts = {"inter": file_sha256(files.inter), "item": file_sha256(files.item) if files.item else None,

@@ -1,8 +1,9 @@
 """The hidden working folder of an unfinished run, which makes runs resumable.
 
 A run to ``OUT`` works in ``OUT/../.OUT.partial``: the resolved config, the plan (paradigm spec, sweep, jobs)
-and one pair of files per finished (arm, seed) job, each written atomically, the ``.json`` last (a job counts
-as finished only when its ``.json`` exists and its ``.csv`` matches the checksum recorded there). When every
+and three files per finished (arm, seed) job, each written atomically, the ``.json`` last (a job counts
+as finished only when its ``.json`` exists and its ``.csv`` of ranks and ``.npz`` of top-K lists match the
+checksums recorded there). When every
 job has finished, the runner writes the tables into the folder and renames it to ``OUT``. An interrupted or
 failed run leaves only this hidden folder (never ``OUT``); ``bench run --resume OUT`` continues it.
 """
@@ -15,9 +16,10 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from bench.cache import atomic_write_text
+from bench.cache import atomic_write_bytes, atomic_write_text
 from bench.config import Config, load_config
 from bench.errors import BenchError
 from bench.evaluation import JobResult
@@ -37,6 +39,7 @@ class RunState:
     def __init__(self, out: Path):
         self.out = Path(out)
         self.dir = partial_dir(self.out)
+        self._made: list[Path] = []  # folders above the working folder that start() created, deepest first
 
     # -- starting and resuming -------------------------------------------------------------------------------
     def start(self, cfg: Config, plan: dict) -> None:
@@ -47,6 +50,7 @@ class RunState:
             raise BenchError(f"an interrupted run to {self.out} exists: continue it with --resume {self.out}, or "
                              f"delete {self.dir} to start over")
         shutil.rmtree(self.dir, ignore_errors=True)
+        self._made = [p for p in self.dir.parents if not p.exists()]
         (self.dir / "jobs").mkdir(parents=True)
         atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
         atomic_write_text(self.dir / "plan.json", json.dumps({**plan, "state_version": STATE_VERSION,
@@ -78,25 +82,37 @@ class RunState:
         return len(list((self.dir / "jobs").glob("*.json"))) if (self.dir / "jobs").is_dir() else 0
 
     def discard(self) -> None:
-        """Remove the working folder (used when a run fails before any job finished)."""
+        """Remove the working folder (used when a run fails before any job finished) and the folders above it
+        that :meth:`start` created (``results/DATASET/`` of a first run), unless something else is in them."""
         shutil.rmtree(self.dir, ignore_errors=True)
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     # -- jobs --------------------------------------------------------------------------------------------------
-    def _files(self, index: int) -> tuple[Path, Path]:
-        return self.dir / "jobs" / f"{index:04d}.csv", self.dir / "jobs" / f"{index:04d}.json"
+    def _files(self, index: int) -> tuple[Path, Path, Path]:
+        jobs = self.dir / "jobs"
+        return jobs / f"{index:04d}.csv", jobs / f"{index:04d}.json", jobs / f"{index:04d}.npz"
 
     def save(self, index: int, job: JobResult) -> None:
-        """Store job ``index``: its per-user rows and, as JSON, the rest of the :class:`JobResult`."""
-        table, meta = self._files(index)
+        """Store job ``index``: its per-user rows, its top-K lists (``.npz``) and, as JSON, the rest of the
+        :class:`JobResult` with both files' checksums."""
+        table, meta, lists = self._files(index)
         text = job.rows.to_csv(index=False)
         atomic_write_text(table, text)
-        atomic_write_text(meta, json.dumps({**job.record(), "sha256": hashlib.sha256(text.encode()).hexdigest()},
+        buffer = io.BytesIO()
+        np.savez(buffer, **job.top_items)
+        atomic_write_bytes(lists, buffer.getvalue())
+        atomic_write_text(meta, json.dumps({**job.record(), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                                            "lists_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()},
                                            default=str))
 
     def load(self, index: int, label: str, seed: int, version: str) -> JobResult | None:
         """Job ``index`` if it finished under the same label, seed and paradigm version; else None (with a
         warning when a saved job had to be discarded)."""
-        table, meta = self._files(index)
+        table, meta, lists = self._files(index)
         if not meta.is_file():
             return None
         try:
@@ -104,6 +120,7 @@ class RunState:
             text = table.read_text()
         except (OSError, json.JSONDecodeError):
             record, text = {}, ""
+        packed = lists.read_bytes() if lists.is_file() else b""
         problem = None
         if record.get("label") != label or record.get("seed") != seed:
             problem = "it belongs to another job"
@@ -111,7 +128,11 @@ class RunState:
             problem = f"paradigm version changed ({record.get('version')} -> {version})"
         elif hashlib.sha256(text.encode()).hexdigest() != record.get("sha256"):
             problem = "its per-user file is corrupt"
+        elif hashlib.sha256(packed).hexdigest() != record.get("lists_sha256"):
+            problem = "its top-K lists are missing or corrupt"
         if problem:
             warnings.warn(f"recomputing {label} seed {seed}: the saved result is stale ({problem})")
             return None
-        return JobResult.from_record(pd.read_csv(io.StringIO(text), dtype={"user": str}), record)
+        with np.load(io.BytesIO(packed)) as saved:
+            top_items = {stage: saved[stage] for stage in saved.files}
+        return JobResult.from_record(pd.read_csv(io.StringIO(text), dtype={"user": str}), record, top_items)

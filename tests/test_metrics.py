@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.metrics import evaluate_ranks, metric_names, metrics_from_ranks, rank_chunk
+from bench.metrics import (TOP_ITEMS, evaluate_protocols, evaluate_ranks, metric_names, metrics_from_ranks, rank_chunk,
+                           top_items)
 from bench.rundir import Run
 
 
@@ -117,3 +118,16 @@ def test_scores_keep_their_distinctions_or_are_refused():
     for dtype in (torch.bfloat16, torch.float16):
         with pytest.raises(BenchError, match=r"returned (b)?float16 scores; return float32"):
             rank_chunk(torch.zeros(1, 4, dtype=dtype), np.array([1]), None)
+
+
+def test_top_items_are_the_ranked_candidates_best_first_with_ties_by_item_id():
+    """The stored lists follow full ranking's candidates: never the padding id, never a history item, the
+    target included; equal scores in item-id order; what score() returned is left as it was."""
+    scores = torch.tensor([[9.0, 1.0, 5.0, 5.0, 7.0, 0.0], [0.0, 3.0, 3.0, 3.0, 8.0, 2.0]])
+    before = scores.clone()
+    lists = top_items(scores, [np.array([4]), np.array([], dtype=np.int64)], 3)
+    assert lists.tolist() == [[2, 3, 1], [4, 1, 2]]
+    assert torch.equal(scores, before)
+    ranks = evaluate_protocols(lambda users: scores[users], np.array([0, 1]), np.array([3, 1]),
+                               [np.array([4]), np.array([], dtype=np.int64)], 6, top_k=3)
+    assert ranks[TOP_ITEMS].tolist() == lists.tolist() and ranks["full"].tolist() == [2, 4]

@@ -6,7 +6,9 @@ import torch
 
 from bench import registry, runner
 from bench.config import load_config
-from bench.rundir import ID_COLUMNS
+from bench.errors import BenchError
+from bench.rundir import ID_COLUMNS, TopLists
+from bench.split import build_split
 
 SEEN = []
 
@@ -58,7 +60,8 @@ def test_a_failing_paradigm_leaves_no_run_directory_only_resumable_jobs(spies, s
     with pytest.raises(RuntimeError, match="boom"):
         runner.run("pop,exploding", cfg, tmp_path / "run")
     assert [p.name for p in tmp_path.iterdir()] == [".run.partial"]  # hidden, holds pop's finished job
-    assert sorted(p.name for p in (tmp_path / ".run.partial" / "jobs").iterdir()) == ["0000.csv", "0000.json"]
+    assert sorted(p.name for p in (tmp_path / ".run.partial" / "jobs").iterdir()) == ["0000.csv", "0000.json",
+                                                                                     "0000.npz"]
 
 
 def test_existing_output_folder_is_not_overwritten(spies, slice_overrides, tmp_path):
@@ -137,3 +140,43 @@ def test_a_token_budget_sweep_loads_the_backbone_once_and_records_each_arms_budg
     assert [entry["llm"]["token_budget"] for entry in arms] == [32, 48]
     assert [entry["seeds"]["0"]["training"]["budget"] for entry in arms] == [32, 48]
     assert len({entry["seeds"]["0"]["training"]["backbone"] for entry in arms}) == 1
+
+
+def test_every_job_stores_its_top_k_lists_and_a_resumed_run_keeps_them(spies, slice_overrides, cache_root,
+                                                                       tmp_path):
+    """topk.npz holds, per paradigm, seed and stage, each user's best items under full ranking in per_user.csv's
+    user order: for a scorer that prefers high item ids, the highest ids outside the user's history; a run
+    resumed from saved jobs writes the same lists; the report adds the beyond-accuracy section from them."""
+    too_short = load_config("smoke", overrides=[*slice_overrides, "eval.topk=7"])
+    with pytest.raises(BenchError, match="'itemcoverage@10' needs top-10 lists.*eval.topk=10"):
+        runner.run("spy-a", too_short, tmp_path / "refused")
+    cfg = load_config("smoke", overrides=[*slice_overrides, "eval.topk=7", "seeds=[0,1]",
+                                          "report.beyond_metrics=[itemcoverage@5,giniindex@7]"])
+    failing = {"yes": True}
+
+    class Flaky(_Spy):
+        in_all = False
+
+        def fit(self, split, context):
+            if failing["yes"]:
+                raise RuntimeError("boom")
+            super().fit(split, context)
+
+    registry.register("flaky")(Flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run("spy-a,flaky", cfg, tmp_path / "run")
+    failing["yes"] = False
+    out = runner.resume(tmp_path / "run")
+    lists = TopLists.from_disk(out)
+    split = build_split(cfg, cache_root)
+    assert sorted(lists.lists) == [(name, seed, stage) for name in ("flaky", "spy-a") for seed in (0, 1)
+                                   for stage in ("test", "valid")]
+    users = pd.read_csv(out / "per_user.csv", dtype={"user": str}).query("stage == 'test'")["user"].tolist()
+    assert lists.users.tolist() == users[:len(lists.users)] and lists.items.tolist() == split.item_ids.tolist()
+    for index, user in enumerate(split.users):
+        history = set(split.history(int(user), "test").tolist())
+        expected = [i for i in range(split.n_items - 1, 0, -1) if i not in history][:7]
+        assert lists.get("spy-a", 1, "test")[index].tolist() == expected
+    assert (lists.get("spy-a", 0, "valid") == lists.get("spy-a", 1, "valid")).all()
+    assert "## Beyond accuracy" in (out / "results.md").read_text()
+    assert {"itemcoverage@5_mean", "giniindex@7_low"} <= set(pd.read_csv(out / "results.csv").columns)
