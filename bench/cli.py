@@ -1,4 +1,4 @@
-"""Command line: ``bench run|list|report|compare``. Errors are one line and exit with status 2."""
+"""Command line: ``bench run|tune|list|report|compare|leaderboard|export``. Errors are one line and exit with status 2."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,9 @@ EPILOG = """examples:
   python -m bench run --resume results/ml-100k/20260101-120000-abcdef123456    # continue after Ctrl-C
   python -m bench report results/ml-100k/20260101-120000-abcdef123456
   python -m bench report results/ml-100k/20260101-120000-abcdef123456 --set report.ks=5   # adds @5, no rerun
+  python -m bench report results/ml-100k/20260101-120000-abcdef123456 --html   # also report.html, one page
   python -m bench compare RUN_A RUN_B
+  python -m bench leaderboard RUN_A RUN_B RUN_C --out leaderboard.html   # and leaderboard.md beside it
 """
 
 
@@ -82,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="report with another report.* setting, repeatable, e.g. --set report.ks=5 (more K in "
                           "metrics.json) or --set 'report.metrics=[ndcg@5, hit@100]'; metrics are computed from "
                           "the saved ranks, and the run's config.yaml is left as it is")
+    rep.add_argument("--html", action="store_true",
+                     help="also write RUN_DIR/report.html: one self-contained page (results tables with sortable "
+                          "columns and significance superscripts, significance heatmaps, plots, validation, prompt "
+                          "cost, the run's essentials; per protocol); it fetches nothing and opens offline")
     cmp = sub.add_parser("compare", help="test each paradigm of run A against the same paradigm of run B "
                                          "(both runs must share the split)")
     cmp.add_argument("run_a", type=Path)
@@ -90,7 +96,46 @@ def _parser() -> argparse.ArgumentParser:
                                         "eval.protocols that run B has too); a sampled one needs the same "
                                         "candidate lists in both runs")
     cmp.add_argument("--out", type=Path, help="also write the tests as CSV (significance.csv columns)")
+    board = sub.add_parser("leaderboard", help="merge runs into one table: a row per data set and paradigm, a "
+                                               "column per metric and protocol (Markdown; --out adds a page)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, description=LEADERBOARD_HELP)
+    board.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished run directories")
+    board.add_argument("--out", type=Path, metavar="FILE.html",
+                       help="write the self-contained page here and the Markdown table beside it (FILE.md); "
+                            "without it the Markdown table is only printed")
+    exp = sub.add_parser("export", help="write a run's rankings as TREC run/qrels files or ranx JSON, one run file "
+                                        "per paradigm, seed and stage (full ranking, from topk.npz)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, description=EXPORT_HELP)
+    exp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run directory")
+    exp.add_argument("--format", dest="fmt", choices=["trec", "ranx"], required=True,
+                     help="trec: PARADIGM.seedS.STAGE.trec and qrels.STAGE.trec; ranx: the same as ranx JSON")
+    exp.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: RUN_DIR/export/FORMAT)")
     return parser
+
+
+EXPORT_HELP = """Write a run's rankings for other tools (ranx, trec_eval, pyterrier): query = user id, document =
+item id, one relevant document per query (the stage's held-out item). Lists are the run's stored top-K
+(eval.topk) under full ranking, with the target at the rank per_user.csv gives it (ties count against it, as in
+the run), so HR@K and NDCG@K from these files equal the run's own for K <= eval.topk. For example:
+  python -m bench export results/ml-100k-default --format ranx
+  python -c "from ranx import Qrels, Run, evaluate; print(evaluate(Qrels.from_file('.../qrels.test.json'),
+             Run.from_file('.../sasrec.seed0.test.json'), ['hit_rate@10', 'ndcg@10']))"
+"""
+
+
+LEADERBOARD_HELP = """Merge finished runs into one leaderboard: a row per data set, paradigm and run, a column
+per report metric under each protocol (test stage; mean over users, then mean ± std over seeds, computed from
+the saved ranks; the best value per data set in bold). The Markdown table is printed; --out also writes the
+page.
+
+Runs are put side by side only when their numbers measure the same thing, else a one-line error names the two
+runs and what differs:
+  - runs of the same data set must share the split (split hash) and history masking, as for bench compare, and
+    the candidate lists of every sampled protocol: one data set, one set of users and targets;
+  - runs of different data sets are different rows (their split hashes differ by nature), but must rank the same
+    way (history masking);
+  - all runs must have the same protocols (eval.protocols), since the columns are per protocol.
+"""
 
 
 def _overrides(args: argparse.Namespace) -> list:
@@ -192,6 +237,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report.build(args.run_dir, args.overrides)
     print((args.run_dir / "results.md").read_text())
+    if args.html:
+        from bench import html
+
+        print(f"report page: {html.write_report(args.run_dir, args.overrides)}")
     return 0
 
 
@@ -204,6 +253,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         atomic_write_text(args.out, report.significance_csv(table))
     print(report.compare_md(table, args.run_a, args.run_b, alpha))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench import leaderboard
+
+    print(leaderboard.build(args.run_dirs, args.out), end="")
+    if args.out:
+        print(f"leaderboard page: {args.out}  (Markdown: {args.out.with_suffix('.md')})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench import export
+
+    written = export.export(args.run_dir, args.fmt, args.out)
+    print(f"wrote {len(written)} files to {written[0].parent}")
     return 0
 
 
@@ -220,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = ["bench", *(sys.argv[1:] if argv is None else argv)]  # recorded in the run's manifest
     warnings.formatwarning = _one_line_warnings
-    handlers = {"run": cmd_run, "tune": cmd_tune, "list": cmd_list, "report": cmd_report, "compare": cmd_compare}
+    handlers = {"run": cmd_run, "tune": cmd_tune, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
+                "leaderboard": cmd_leaderboard, "export": cmd_export}
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     try:

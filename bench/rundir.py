@@ -180,12 +180,14 @@ class Manifest:
 class TopLists:
     """Every job's top-K lists, as ``topk.npz`` stores them (no pickled objects): ``users`` (external user ids,
     the row order of every list), ``items`` (external item ids by internal id; 0 = padding), ``popularity``
-    (training interactions per internal id) and ``lists[(paradigm, seed, stage)]`` (internal item ids
+    (training interactions per internal id), ``targets[stage]`` (each user's held-out item, internal id: what
+    an export's relevance judgements need) and ``lists[(paradigm, seed, stage)]`` (internal item ids
     ``[n_users, K]``, best first)."""
 
     users: np.ndarray
     items: np.ndarray
     popularity: np.ndarray
+    targets: Mapping[str, np.ndarray]
     lists: Mapping[tuple[str, int, str], np.ndarray]
 
     FILE = "topk.npz"
@@ -203,6 +205,7 @@ class TopLists:
         """Write ``folder/topk.npz`` (compressed; item ids in the smallest unsigned type that holds them)."""
         dtype = np.uint16 if len(self.items) <= np.iinfo(np.uint16).max else np.int32
         arrays = {f"{p}|{seed}|{stage}": a.astype(dtype) for (p, seed, stage), a in self.lists.items()}
+        arrays |= {f"target|{stage}": np.asarray(a, dtype=np.int64) for stage, a in self.targets.items()}
         buffer = io.BytesIO()
         np.savez_compressed(buffer, users=np.asarray(self.users, dtype=str), items=np.asarray(self.items, dtype=str),
                             popularity=np.asarray(self.popularity, dtype=np.int64), **arrays)
@@ -216,12 +219,14 @@ class TopLists:
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                lists = {}
+                lists, targets = {}, {}
                 for key in data.files:
                     if key.count("|") == 2:
                         paradigm, seed, stage = key.split("|")
                         lists[paradigm, int(seed), stage] = data[key].astype(np.int64)
-                return cls(data["users"], data["items"], data["popularity"], lists)
+                    elif key.startswith("target|"):
+                        targets[key.partition("|")[2]] = data[key]
+                return cls(data["users"], data["items"], data["popularity"], targets, lists)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise BenchError(f"{path}: damaged top-K lists ({exc}); rerun the run to rebuild them") from None
 

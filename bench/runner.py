@@ -31,6 +31,7 @@ from bench.evaluation import run_job
 from bench.protocols import save_candidates
 from bench.resources import Resources, Timings, pick_device
 from bench.rundir import Manifest, Run, TopLists
+from bench.split import STAGES
 from bench.state import RunState
 
 def default_run_dir(cfg: Config) -> Path:
@@ -258,7 +259,8 @@ def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: 
     tmp, out = state.dir, state.out  # config.yaml is already there (RunState.start)
     split = shared.split
     Run.write(tmp, per_user, tokens, manifest,
-              TopLists(split.user_ids[split.users], split.item_ids, split.popularity, lists) if lists else None)
+              TopLists(split.user_ids[split.users], split.item_ids, split.popularity,
+                       {stage: split.target(stage)[split.users] for stage in STAGES}, lists) if lists else None)
     if shared.candidates:
         save_candidates(tmp / "candidates.npz", shared.split, shared.candidates)
     report.build(tmp)
