@@ -131,3 +131,16 @@ def test_top_items_are_the_ranked_candidates_best_first_with_ties_by_item_id():
     ranks = evaluate_protocols(lambda users: scores[users], np.array([0, 1]), np.array([3, 1]),
                                [np.array([4]), np.array([], dtype=np.int64)], 6, top_k=3)
     assert ranks[TOP_ITEMS].tolist() == lists.tolist() and ranks["full"].tolist() == [2, 4]
+
+
+def test_top_items_equal_a_full_stable_sort_with_and_without_ties():
+    """The partial sort (topk) with a stable-sort fallback on rows with ties orders exactly as sorting every item
+    by score, then item id, would."""
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.rand(64, 500, generator=generator)
+    coarse = torch.randint(0, 20, (64, 500), generator=generator).float()  # ties everywhere
+    for scores in (distinct, coarse, torch.cat([distinct[:32], coarse[:32]])):
+        expected = scores.clone()
+        expected[:, 0] = float("-inf")
+        expected = torch.sort(expected, dim=1, descending=True, stable=True).indices[:, :30].numpy()
+        assert (top_items(scores, None, 30) == expected).all()
