@@ -99,3 +99,25 @@ def test_scoring_a_million_items_stays_under_2gb():
     assert report["ranks_ok"]
     assert report["peak_mb"] < 2048
     assert report["peak_mb"] < report["full_matrix_mb"] / 3
+
+
+def test_storing_top_k_lists_costs_less_than_ranking_the_target():
+    """Every job keeps each user's top-100 (eval.topk) under full ranking: on a Beauty-sized and a 100,000-item
+    catalogue, extracting them from a score block costs less than 1.5x ranking the target in the same block."""
+    import numpy as np
+    import torch
+
+    from bench.metrics import rank_chunk, top_items
+    from conftest import best_of
+
+    report = {}
+    for n_items in (12_102, 100_000):
+        generator = torch.Generator().manual_seed(0)
+        scores = torch.randn(256, n_items, generator=generator)
+        targets = np.arange(1, 257)
+        histories = [np.arange(300 + u, 320 + u) for u in range(256)]
+        best = best_of({"rank": lambda: rank_chunk(scores, targets, histories),
+                        "top": lambda: top_items(scores, histories, 100)}, repeats=5)
+        report[n_items] = round(best["top"] / best["rank"], 2)
+    print("\ntop-100 lists / ranking the target, 256 users (by catalogue size):", json.dumps(report))
+    assert max(report.values()) < 1.5
