@@ -25,7 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from bench.errors import BenchError
-from bench.registry import Registry
+from bench.registry import Registry, metric_at
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,7 @@ def tail_percentage(counts: np.ndarray, k: int, catalogue: Catalogue) -> np.ndar
 
 def parse(column: str, key: str = "report.beyond_metrics") -> tuple[str, int]:
     """``"giniindex@10"`` -> ``("giniindex", 10)``; a one-line error naming ``key`` for anything else."""
-    name, _, k = column.partition("@")
-    if name not in BEYOND_METRICS:
-        raise BenchError(f"config key '{key}': {column!r} names unknown metric {name!r}; use one of "
-                         f"{', '.join(BEYOND_METRICS.names())}")
-    if not k.isdigit() or int(k) < 1:
-        raise BenchError(f"config key '{key}': {column!r} is not METRIC@K with K >= 1 (e.g. giniindex@10)")
-    return name, int(k)
+    return metric_at(column, BEYOND_METRICS, key)
 
 
 def display_name(column: str) -> str:

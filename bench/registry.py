@@ -145,6 +145,18 @@ class Registry(Generic[T]):
             self._plugins_loaded = saved[3]
 
 
+def metric_at(column: str, metrics: Registry, key: str) -> tuple[str, int]:
+    """``"ndcg@10"`` -> ``("ndcg", 10)`` for a metric of registry ``metrics``; a one-line error naming config
+    ``key`` for an unknown metric or a K below 1."""
+    name, _, k = str(column).partition("@")
+    if name not in metrics:
+        raise BenchError(f"config key '{key}': {column!r} names unknown metric {name!r}; use one of "
+                         f"{', '.join(metrics.names())} (a plugin metric needs its package installed)")
+    if not k.isdigit() or int(k) < 1:
+        raise BenchError(f"config key '{key}': {column!r} is not METRIC@K with K an integer >= 1 (e.g. {name}@10)")
+    return name, int(k)
+
+
 # -- paradigms -------------------------------------------------------------------------------------------------
 def _check_contract(cls: Any, name: str) -> None:
     if not isinstance(cls, type):

@@ -36,6 +36,7 @@ from bench.config import Config, check_report_values, load_config, parse_overrid
 from bench.errors import BenchError
 from bench.metrics import METRICS, metric_names, metrics_from_ranks
 from bench.protocols import FULL, parse_protocol
+from bench.registry import metric_at
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
@@ -68,12 +69,7 @@ def metric_columns(cfg: Config) -> list[str]:
 
 
 def _check_metric(column: str, key: str) -> None:
-    name, _, k = column.partition("@")
-    if name not in METRICS:
-        raise BenchError(f"config key '{key}': {column!r} names unknown metric {name!r}; use one of "
-                         f"{', '.join(METRICS.names())} (a plugin metric needs its package installed)")
-    if not k.isdigit() or int(k) < 1:
-        raise BenchError(f"config key '{key}': {column!r} cannot be computed: K must be an integer >= 1")
+    metric_at(column, METRICS, key)
 
 
 def metric_values(ranks: np.ndarray, columns: list[str], digits: int | None = None) -> dict[str, np.ndarray]:
