@@ -18,7 +18,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from bench import report
+from bench import beyond, report
 from bench.cache import atomic_write_text
 from bench.protocols import parse_protocol
 from bench.rundir import Run, display_name
@@ -363,11 +363,11 @@ def _section(title: str, body: str, note: str = "") -> str:
 def beyond_accuracy(run: Run, part: report.ProtocolReport) -> str:
     """The protocol's beyond-accuracy table (coverage, Gini, popularity, tail share of the top-K lists), where
     ``bench.report`` computed one: mean (± std over seeds) and the 95% interval over users, sorted by the mean."""
-    frame = getattr(part, "beyond", None)
+    frame = part.beyond
     if frame is None or not len(frame):
         return ""
     metrics = [c.removesuffix("_mean") for c in frame.columns if c.endswith("_mean")]
-    label = getattr(getattr(report, "beyond", None), "display_name", display_name)
+    label = beyond.display_name
     multi = len(run.seeds) > 1
     rows = []
     for _, row in frame.iterrows():
