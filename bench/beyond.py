@@ -55,20 +55,24 @@ class Catalogue:
 @dataclass(frozen=True)
 class BeyondMetric:
     """``value(counts, k, catalogue)``: exposure counts ``[..., n_items]`` (float; leading axes are resamples) of
-    lists of length ``k`` -> values ``[...]``. ``label`` names it in tables; ``smaller``: lower is better."""
+    lists of length ``k`` -> values ``[...]``. ``label`` names it in tables; ``smaller``: lower is better;
+    ``bounds``: the values it can take (its interval is clipped to them)."""
 
     label: str
     value: Callable[[np.ndarray, int, Catalogue], np.ndarray]
     smaller: bool = False
+    bounds: tuple[float, float] = (0.0, 1.0)
 
 
 BEYOND_METRICS: Registry[BeyondMetric] = Registry("beyond-accuracy metric", entry_point_group="bench.beyond_metrics")
 
 
-def beyond_metric(name: str, label: str, smaller: bool = False):
-    """Decorator: register ``fn(counts, k, catalogue) -> values`` as beyond-accuracy metric ``name``."""
+def beyond_metric(name: str, label: str, smaller: bool = False, bounds: tuple[float, float] = (0.0, 1.0)):
+    """Decorator: register ``fn(counts, k, catalogue) -> values`` (within ``bounds``) as beyond-accuracy metric
+    ``name``."""
     def decorate(fn):
-        BEYOND_METRICS.add(name, BeyondMetric(label, fn, smaller), origin=f"{fn.__module__}.{fn.__qualname__}")
+        BEYOND_METRICS.add(name, BeyondMetric(label, fn, smaller, bounds),
+                           origin=f"{fn.__module__}.{fn.__qualname__}")
         return fn
 
     return decorate
@@ -83,13 +87,27 @@ def item_coverage(counts: np.ndarray, k: int, catalogue: Catalogue) -> np.ndarra
 @beyond_metric("giniindex", "Gini", smaller=True)
 def gini_index(counts: np.ndarray, k: int, catalogue: Catalogue) -> np.ndarray:
     """Gini index of the exposure counts over all ``n_items`` ids (0: every item equally often, 1: one item)."""
-    ordered = np.sort(counts, axis=-1)
     n = catalogue.n_items
-    weights = 2.0 * np.arange(1, n + 1) - n - 1
-    return (ordered * weights).sum(axis=-1) / (n * counts.sum(axis=-1))
+    rows = np.asarray(counts, dtype=np.float64).reshape(-1, n)
+    top = int(rows.max(initial=0)) + 1
+    if np.array_equal(rows, np.round(rows)) and top <= 4 * n:
+        weighted = _sorted_weighted_sum_of_counts(rows.astype(np.int64), top)
+    else:
+        weighted = (np.sort(rows, axis=1) * (2.0 * np.arange(1, n + 1) - n - 1)).sum(axis=1)
+    return (weighted / (n * rows.sum(axis=1))).reshape(np.shape(counts)[:-1])
 
 
-@beyond_metric("averagepopularity", "AvgPop", smaller=True)
+def _sorted_weighted_sum_of_counts(rows: np.ndarray, top: int) -> np.ndarray:
+    """``sum_i (2i - n - 1) c_(i)`` over each row's counts in ascending order, from the histogram of the counts
+    instead of a sort: the items with count ``v`` hold positions ``start_v + 1 .. start_v + h_v``, whose
+    weights sum to ``h_v (2 start_v + h_v - n)``. Integer counts below ``top``."""
+    b, n = rows.shape
+    hist = np.bincount((rows + np.arange(b)[:, None] * top).ravel(), minlength=b * top).reshape(b, top)
+    start = np.cumsum(hist, axis=1) - hist
+    return (np.arange(top) * hist * (2 * start + hist - n)).sum(axis=1).astype(np.float64)
+
+
+@beyond_metric("averagepopularity", "AvgPop", smaller=True, bounds=(0.0, np.inf))
 def average_popularity(counts: np.ndarray, k: int, catalogue: Catalogue) -> np.ndarray:
     """Mean training popularity (interactions) of a recommended item, averaged over users."""
     return counts @ catalogue.popularity.astype(np.float64) / counts.sum(axis=-1)
@@ -141,8 +159,11 @@ def bootstrap(seed_lists: Sequence[np.ndarray], columns: Sequence[str], catalogu
     rng = np.random.default_rng(seed)
     out = {column: np.empty(n_boot) for column in columns}
     for start in range(0, n_boot, block):
-        weights = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=min(block, n_boot - start)).T
-        counts = {key: np.asarray(matrix @ weights).T for key, matrix in matrices.items()}  # [block, n_items]
+        size = min(block, n_boot - start)
+        drawn = rng.integers(0, n_users, (size, n_users)) + np.arange(size)[:, None] * n_users
+        weights = np.bincount(drawn.ravel(), minlength=size * n_users).reshape(size, n_users).T
+        counts = {key: np.ascontiguousarray(np.asarray(matrix @ weights).T)  # [block, n_items]
+                  for key, matrix in matrices.items()}
         for column, (name, k) in parsed.items():
             metric = BEYOND_METRICS.get(name)
             per_seed = [metric.value(counts[index, k], k, catalogue) for index in range(len(seed_lists))]
@@ -170,17 +191,24 @@ def check_k(columns: Sequence[str], stored: int, where: str) -> None:
                              f"eval.topk={k}")
 
 
+#: Resamples behind an interval at most: the interval needs a standard error, which 1,000 resamples estimate
+#: to about 2%, not the tails a percentile interval needs (``report.bootstrap`` may ask for fewer).
+MAX_RESAMPLES = 1000
+
+
 def summary(lists_by_seed: Mapping[int, np.ndarray], columns: Sequence[str], catalogue: Catalogue, n_boot: int,
             seed: int) -> dict[str, dict]:
     """``{column: {"mean", "std", "low", "high", "per_seed"}}``: mean and sample std over seeds, and the 95%
-    interval (over users) of the seed mean: the mean +- 1.96 standard deviations of its :func:`bootstrap`."""
+    interval (over users) of the seed mean: the mean +- 1.96 standard deviations of its :func:`bootstrap`,
+    clipped to the metric's ``bounds`` (a share near 0 has no negative values)."""
     seeds = sorted(lists_by_seed)
     per_seed = [values(lists_by_seed[s], columns, catalogue) for s in seeds]
-    boot = bootstrap([lists_by_seed[s] for s in seeds], columns, catalogue, n_boot, seed)
+    boot = bootstrap([lists_by_seed[s] for s in seeds], columns, catalogue, min(n_boot, MAX_RESAMPLES), seed)
     out = {}
     for column in columns:
         got = np.array([v[column] for v in per_seed])
-        low, high = got.mean() + np.array([-1.0, 1.0]) * 1.959964 * boot[column].std(ddof=1)
+        low, high = np.clip(got.mean() + np.array([-1.0, 1.0]) * 1.959964 * boot[column].std(ddof=1),
+                            *BEYOND_METRICS.get(parse(column)[0]).bounds)
         out[column] = {"mean": float(got.mean()), "std": float(got.std(ddof=1)) if len(got) > 1 else 0.0,
                        "low": float(low), "high": float(high), "per_seed": [float(v) for v in got]}
     return out

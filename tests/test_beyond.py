@@ -93,3 +93,13 @@ def test_unknown_metrics_and_too_short_lists_are_one_line_errors():
         beyond.parse("coverage@10")
     with pytest.raises(BenchError, match="needs top-20 lists.*eval.topk=20"):
         beyond.check_k(["giniindex@20"], 10, "run x")
+
+
+def test_an_interval_stays_within_what_the_metric_can_take():
+    """A tail share near 0 gets a normal interval reaching below 0 unless it is clipped to the metric's range."""
+    rng = np.random.default_rng(4)
+    popularity = np.r_[0, rng.integers(1, 50, N_ITEMS - 1)]
+    lists = np.tile(np.argsort(-popularity, kind="stable")[:K], (USERS, 1))  # the K most popular, to all
+    lists[0, -1] = int(np.flatnonzero(beyond.Catalogue(popularity).tail())[0])  # one tail item, one user
+    cell = beyond.summary({0: lists}, ["tailpercentage@10"], beyond.Catalogue(popularity), 300, 0)
+    assert cell["tailpercentage@10"]["low"] == 0.0 < cell["tailpercentage@10"]["mean"]
