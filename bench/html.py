@@ -9,6 +9,7 @@ data as ``results.md`` (``bench.report`` builds them; this module only renders).
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import math
 import re
@@ -374,15 +375,16 @@ def beyond_accuracy(run: Run, part: report.ProtocolReport) -> str:
         cells = [text_cell(row["paradigm"])]
         for metric in metrics:
             mean = row[f"{metric}_mean"]
-            text = "" if pd.isna(mean) else esc(f"{mean:.4g}")
+            number = functools.partial(report.beyond_number, metric)
+            text = "" if pd.isna(mean) else esc(number(mean))
             if multi and not pd.isna(row.get(f"{metric}_std")):
-                text += f' <span class="std">± {esc(format(row[f"{metric}_std"], ".2g"))}</span>'
+                text += f' <span class="std">± {esc(number(row[f"{metric}_std"]))}</span>'
             if not pd.isna(row.get(f"{metric}_low", float("nan"))):
-                text += f'<br><span class="std">[{row[f"{metric}_low"]:.4g}, {row[f"{metric}_high"]:.4g}]</span>'
+                text += f'<br><span class="std">[{number(row[f"{metric}_low"])}, {number(row[f"{metric}_high"])}]</span>'
             cells.append(Cell(text, sort="" if pd.isna(mean) else float(mean)))
         rows.append(cells)
     headers = [text_cell("paradigm"), *(Cell(esc(label(m))) for m in metrics)]
-    return _section("Beyond accuracy", table(headers, rows), note="What each paradigm recommends, not whether it "
+    return _section("Beyond accuracy", table(headers, rows, ident=f"beyond-{part.name}"), note="What each paradigm recommends, not whether it "
                     "hits: its top-K lists on the test stage, mean over seeds and [95% interval over users]. "
                     "Coverage: share of items recommended to anyone; Gini: inequality of exposure (lower is more "
                     "even); AvgPop: training interactions of a recommended item; Tail: share of long-tail items.")

@@ -268,13 +268,13 @@ def _beyond_md(run: Run, table: pd.DataFrame | None) -> list[str]:
              "| paradigm | " + " | ".join(map(beyond.display_name, columns)) + " |",
              "|---|" + "---:|" * len(columns)]
     for row in table.to_dict("records"):
-        cells = [_beyond_number(c, row[f"{c}_mean"]) + (f" ± {_beyond_number(c, row[f'{c}_std'])}" if multi else "")
-                 + f" [{_beyond_number(c, row[f'{c}_low'])}, {_beyond_number(c, row[f'{c}_high'])}]" for c in columns]
+        cells = [beyond_number(c, row[f"{c}_mean"]) + (f" ± {beyond_number(c, row[f'{c}_std'])}" if multi else "")
+                 + f" [{beyond_number(c, row[f'{c}_low'])}, {beyond_number(c, row[f'{c}_high'])}]" for c in columns]
         lines.append(f"| {row['paradigm']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _beyond_number(column: str, value: float) -> str:
+def beyond_number(column: str, value: float) -> str:
     """A share (a metric bounded by 1) with 4 decimals, anything else (average popularity) with 1."""
     return _number(value, 4 if beyond.BEYOND_METRICS.get(beyond.parse(column)[0]).bounds[1] <= 1 else 1)
 

@@ -8,7 +8,7 @@ import pytest
 
 import chromium
 from bench import html, leaderboard
-from bench.rundir import FILES, Run
+from bench.rundir import FILES, Run, TopLists
 from conftest import ROOT
 from test_html import two_protocol_run
 
@@ -34,7 +34,7 @@ def reference_copy(tmp_path_factory):
     """ml-100k-default's saved files and plots, copied so that writing report.html leaves results/ alone."""
     source, target = ROOT / "results" / REFERENCE[0], tmp_path_factory.mktemp("browser") / REFERENCE[0]
     target.mkdir()
-    for path in [*(source / name for name in FILES), *source.glob("*.png")]:
+    for path in [*(source / name for name in FILES), source / TopLists.FILE, *source.glob("*.png")]:
         shutil.copy2(path, target / path.name)
     return target
 
@@ -81,6 +81,9 @@ def test_report_page_renders_every_paradigm_and_sorts_by_a_click(browser, refere
     assert browser.evaluate("document.querySelectorAll('img').length") >= 2
     check_offline(browser)
     check_sorting(browser, table, 3)  # NDCG@10
+    beyond = browser.evaluate(TEXT_COLUMN.format(table="#beyond-full", column=0))  # from topk.npz
+    assert beyond == run.paradigms
+    check_sorting(browser, "#beyond-full", 1)  # Coverage@10
     shot = browser.screenshot(ARTIFACTS / "report.png")
     print(f"screenshot: {shot}")
 

@@ -136,8 +136,6 @@ def test_every_text_from_the_run_is_escaped(tmp_path):
 
 def test_beyond_accuracy_is_a_section_where_the_report_computes_it(built, monkeypatch):
     path, _ = built
-    if "beyond" not in report.ProtocolReport.__dataclass_fields__:
-        pytest.skip("bench.report computes no beyond-accuracy table yet")
 
     def table(run, stage="test"):
         n = len(run.paradigms)
@@ -148,7 +146,7 @@ def test_beyond_accuracy_is_a_section_where_the_report_computes_it(built, monkey
     page = html.write_report(path).read_text()
     assert page.count("<h3>Beyond accuracy</h3>") == 1  # computed under full ranking only
     section = page[page.index("<h3>Beyond accuracy</h3>"):]
-    assert 'data-sort="0.2"' in section and "[0.05, 0.4]" in section and "@10</th>" in section
+    assert 'data-sort="0.2"' in section and "[0.0500, 0.4000]" in section and "@10</th>" in section
     monkeypatch.setattr(report, "beyond_accuracy_table", lambda run, stage="test": None)
     assert "Beyond accuracy" not in html.write_report(path).read_text()
 
