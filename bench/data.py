@@ -8,7 +8,6 @@ one-line :class:`BenchError` naming the file and line.
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import http.client
 import os
@@ -26,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bench.cache import bench_home
+from bench.cache import bench_home, missing_folders, remove_empty
 from bench.config import suggest
 from bench.errors import BenchError
 from bench.progress import progress_bar
@@ -141,7 +140,7 @@ def download_remote(name: str, target: Path, progress=None, attempts: int = 3, h
     known = DATASETS.get(name)
     folder_name, url = known.folder, known.url(hub_url)
     work = target.parent / f".{target.name}.partial"
-    created = _missing_folders(target)
+    created = missing_folders(target)
     done = False
     try:
         members = _download_members(name, url, work, folder_name, attempts, progress)
@@ -151,14 +150,8 @@ def download_remote(name: str, target: Path, progress=None, attempts: int = 3, h
         done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for folder in created if not done else ():
-            with contextlib.suppress(OSError):  # absent, or holding something else: it stays as it is
-                folder.rmdir()
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist yet, deepest first."""
-    return [p for p in (path, *path.parents) if not p.exists()]
+        if not done:
+            remove_empty(created)
 
 
 def _download_members(name: str, url: str, work: Path, folder_name: str, attempts: int, progress) -> list[Path]:

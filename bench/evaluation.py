@@ -147,11 +147,10 @@ def run_job(arm, seed: int, resources: Resources, timings: Timings) -> JobResult
     tag = f"{arm.label}/seed{seed}"
     with timings(f"{tag}/fit"):
         fit_paradigm(paradigm, split, context)
-    top_items: dict[str, np.ndarray] = {}
-    frames = [_stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources, timings, top_items)
-              for stage in STAGES]
-    rows = gather_rows_on_main(pd.concat(frames, ignore_index=True), split)
-    top_items = gather_lists_on_main(top_items)
+    stages = {stage: _stage_frame(paradigm, arm.label, seed, stage, split, cfg, resources, timings)
+              for stage in STAGES}
+    rows = gather_rows_on_main(pd.concat([frame for frame, _ in stages.values()], ignore_index=True), split)
+    top_items = gather_lists_on_main({stage: top for stage, (_, top) in stages.items() if top is not None})
     info = {"trainable_parameters": int(paradigm.trainable_parameters()), "fit_seconds": timings[f"{tag}/fit"],
             "score_seconds": round(sum(timings[f"{tag}/score_{st}"] for st in STAGES), 3),
             "training": getattr(paradigm, "info", None)}
@@ -193,9 +192,9 @@ def gather_lists_on_main(lists: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
 
 
 def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: Split, cfg: Config,
-                 resources: Resources, timings: Timings, top_items: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The per-user rows of one stage: one block per protocol, in ``eval.protocols`` order. The stage's top-K
-    lists (when ``eval.topk`` > 0 and the run ranks fully) go into ``top_items[stage]``."""
+                 resources: Resources, timings: Timings) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The per-user rows of one stage (one block per protocol, in ``eval.protocols`` order) and the stage's
+    top-K lists (``None`` when ``eval.topk`` is 0 or the run does not rank fully)."""
     tag = f"{label}/seed{seed}"
     with timings(f"{tag}/score_{stage}"):
         ranks = stage_ranks(paradigm.score, split, stage, cfg["eval.mask_history"], cfg["eval.chunk_mb"],
@@ -203,12 +202,12 @@ def _stage_frame(paradigm: Paradigm, label: str, seed: int, stage: str, split: S
                             full="full" in cfg["eval.protocols"],
                             score_candidates=getattr(paradigm, "score_candidates", None),
                             top_k=cfg["eval.topk"])
-    if TOP_ITEMS in ranks:
-        top_items[stage] = ranks.pop(TOP_ITEMS)
+    top = ranks.pop(TOP_ITEMS, None)
     users = split.user_ids[local_users(split)]
-    return pd.concat([pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "protocol": name,
-                                    "user": users, "rank": ranks[name]})[list(ID_COLUMNS)]
-                      for name in cfg["eval.protocols"]], ignore_index=True)
+    frame = pd.concat([pd.DataFrame({"paradigm": label, "seed": seed, "stage": stage, "protocol": name,
+                                     "user": users, "rank": ranks[name]})[list(ID_COLUMNS)]
+                       for name in cfg["eval.protocols"]], ignore_index=True)
+    return frame, top
 
 
 def _token_rows(paradigm: Paradigm, label: str, split: Split) -> list[tuple]:

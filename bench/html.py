@@ -485,6 +485,12 @@ def write_report(run_dir: Path, overrides=()) -> Path:
     """Write ``RUN_DIR/report.html`` from the run's saved files and the plots ``bench.report.build`` drew there;
     returns its path. ``overrides``: ``report.*`` settings, as for :func:`bench.report.build`."""
     run = Run.from_disk(run_dir, overrides)
+    return write_page(run, report.protocol_reports(run))
+
+
+def write_page(run: Run, parts: list[report.ProtocolReport]) -> Path:
+    """Write ``report.html`` into ``run``'s directory from a report already computed (what
+    :func:`bench.report.build` returns); returns its path."""
     path = run.path / REPORT_FILE
-    atomic_write_text(path, report_page(run, report.protocol_reports(run)))
+    atomic_write_text(path, report_page(run, parts))
     return path

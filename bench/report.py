@@ -86,7 +86,7 @@ def protocol_reports(run: Run) -> list[ProtocolReport]:
     return out
 
 
-def build(run_dir: Path, overrides=()) -> None:
+def build(run_dir: Path, overrides=()) -> tuple[Run, list[ProtocolReport]]:
     """(Re)write every table and plot of ``run_dir`` from its saved files; ``overrides`` (``report.*`` keys,
     ``--set``-style) change this report's settings, not the run's saved ``config.yaml``. The main protocol's
     files keep their plain names; every other protocol writes ``results-PROTOCOL.csv`` / ``.tex`` and
@@ -101,6 +101,7 @@ def build(run_dir: Path, overrides=()) -> None:
         atomic_write_text(run.path / f"results{part.suffix}.tex", results_tex(part.view, part.table, part.metrics))
     atomic_write_text(run.path / "results.md", results_md(run, parts))
     plots.draw_all(run)
+    return run, parts
 
 
 def _metrics_json(run: Run, parts: list[ProtocolReport]) -> dict:

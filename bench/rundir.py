@@ -64,12 +64,8 @@ def metric_columns(cfg: Config) -> list[str]:
     names = metric_names(cfg["eval.metrics"], ks)
     names += [m for m in dict.fromkeys(cfg["report.metrics"]) if m not in names]
     for name in names:
-        _check_metric(name, "report.metrics" if name in cfg["report.metrics"] else "eval.metrics")
+        metric_at(name, METRICS, "report.metrics" if name in cfg["report.metrics"] else "eval.metrics")
     return [m for m in MAIN_METRICS if m in names] + [m for m in names if m not in MAIN_METRICS]
-
-
-def _check_metric(column: str, key: str) -> None:
-    metric_at(column, METRICS, key)
 
 
 def metric_values(ranks: np.ndarray, columns: list[str], digits: int | None = None) -> dict[str, np.ndarray]:
@@ -280,7 +276,7 @@ class Run:
         unknown metric is a one-line error naming it)."""
         needed = [c for c in dict.fromkeys(columns) if c not in self.per_user.columns]
         for column in needed:
-            _check_metric(column, "report.metrics")
+            metric_at(column, METRICS, "report.metrics")
         values = metric_values(self.per_user["rank"].to_numpy(), needed, METRIC_DIGITS)
         return self.per_user.assign(**values) if values else self.per_user
 

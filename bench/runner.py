@@ -47,9 +47,7 @@ def run(spec: str, cfg: Config, out: Path | None = None, progress: Callable | No
     world = distributed.init(cfg["device"])
     progress = progress if world.is_main else None
     out = Path(out) if out else Path(world.broadcast(str(default_run_dir(cfg))))
-    _check_paradigm_sections(cfg)
-    metrics.check_config(cfg)
-    beyond.check_config(cfg)
+    _check_config(cfg)
     parsed = plan.parse_sweep(sweep)
     run_arms = plan.arms(spec, cfg, parsed)
     state = RunState(out)
@@ -61,9 +59,7 @@ def dry_run(spec: str, cfg: Config, progress: Callable | None = None, sweep: str
     """What ``run`` would compute and an estimate of how long it takes here: the plan line. Builds (or reads)
     the split and loads the backbones; trains nothing, writes no run directory."""
     world = distributed.init(cfg["device"])
-    _check_paradigm_sections(cfg)
-    metrics.check_config(cfg)
-    beyond.check_config(cfg)
+    _check_config(cfg)
     run_arms = plan.arms(spec, cfg, plan.parse_sweep(sweep))
     shared = Resources(cfg, pick_device(cfg["device"], world), progress if world.is_main else None, Timings())
     return _plan_line(shared, run_arms, cfg)
@@ -175,6 +171,14 @@ def _record_info(paradigm_info: dict, arm, seed: int, info: dict, llm: dict | No
         "paradigm": arm.cls.name, "version": arm.cls.version, "options": arm.options,
         "description": arm.cls.description, "sweep_value": arm.sweep_value, "llm": llm, "seeds": {}})
     entry["seeds"][str(seed)] = info
+
+
+def _check_config(cfg: Config) -> None:
+    """One-line errors, before anything runs, for config the registries can check: paradigm sections, metric
+    names, beyond-accuracy metrics and their K."""
+    _check_paradigm_sections(cfg)
+    metrics.check_config(cfg)
+    beyond.check_config(cfg)
 
 
 def _check_paradigm_sections(cfg: Config) -> None:

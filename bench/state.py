@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.cache import atomic_write_bytes, atomic_write_text
+from bench.cache import atomic_write_bytes, atomic_write_text, missing_folders, remove_empty
 from bench.config import Config, load_config
 from bench.errors import BenchError
 from bench.evaluation import JobResult
@@ -50,7 +50,7 @@ class RunState:
             raise BenchError(f"an interrupted run to {self.out} exists: continue it with --resume {self.out}, or "
                              f"delete {self.dir} to start over")
         shutil.rmtree(self.dir, ignore_errors=True)
-        self._made = [p for p in self.dir.parents if not p.exists()]
+        self._made = missing_folders(self.dir.parent)
         (self.dir / "jobs").mkdir(parents=True)
         atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
         atomic_write_text(self.dir / "plan.json", json.dumps({**plan, "state_version": STATE_VERSION,
@@ -85,11 +85,7 @@ class RunState:
         """Remove the working folder (used when a run fails before any job finished) and the folders above it
         that :meth:`start` created (``results/DATASET/`` of a first run), unless something else is in them."""
         shutil.rmtree(self.dir, ignore_errors=True)
-        for folder in self._made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty(self._made)
 
     # -- jobs --------------------------------------------------------------------------------------------------
     def _files(self, index: int) -> tuple[Path, Path, Path]:
