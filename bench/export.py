@@ -39,16 +39,19 @@ def _file_stem(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", label)
 
 
-def _job_lists(run: Run, lists: TopLists) -> Iterator[tuple[str, int, str, list[list[int]]]]:
-    """(paradigm, seed, stage, ranked lists in ``lists.users`` order) of every stored job."""
+def _job_ranks(run: Run, lists: TopLists) -> dict[tuple[str, int, str], np.ndarray]:
+    """The harness rank of each stored job's targets, in ``lists.users`` order, keyed by (paradigm, seed,
+    stage); checked for every job before any file is written, so an inconsistent run directory leaves none."""
     rows = run.per_user[run.per_user["protocol"] == FULL]
-    for (paradigm, seed, stage), found in sorted(lists.lists.items()):
+    found = {}
+    for paradigm, seed, stage in sorted(lists.lists):
         ranks = rows[(rows["paradigm"] == paradigm) & (rows["seed"] == seed) & (rows["stage"] == stage)]
         ranks = ranks.set_index("user")["rank"].reindex(lists.users.astype(str))
         if ranks.isna().any():
             raise BenchError(f"{run.path}: per_user.csv lacks full-ranking rows of {paradigm} seed {seed} {stage} "
                              "that topk.npz holds; the run directory is inconsistent, rerun it")
-        yield paradigm, seed, stage, list(ranked_lists(found, lists.targets[stage], ranks.to_numpy()))
+        found[paradigm, seed, stage] = ranks.to_numpy()
+    return found
 
 
 def export(run_dir: Path, fmt: str, out: Path | None = None) -> list[Path]:
@@ -61,6 +64,7 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> list[Path]:
     if lists is None or not lists.targets:
         raise BenchError(f"{run_dir} stored no top-K lists (topk.npz with targets): rerun it with this bench and "
                          "eval.topk > 0 and full ranking in eval.protocols")
+    job_ranks = _job_ranks(run, lists)
     out = Path(out) if out else Path(run_dir) / "export" / fmt
     out.mkdir(parents=True, exist_ok=True)
     users, items = lists.users.astype(str), lists.items.astype(str)
@@ -68,7 +72,8 @@ def export(run_dir: Path, fmt: str, out: Path | None = None) -> list[Path]:
     for stage, targets in lists.targets.items():
         qrels = {u: {items[t]: 1} for u, t in zip(users, targets)}
         written.append(_write(out / f"qrels.{stage}", fmt, qrels, qrels=True))
-    for paradigm, seed, stage, ranked in _job_lists(run, lists):
+    for (paradigm, seed, stage), ranks in job_ranks.items():
+        ranked = ranked_lists(lists.lists[paradigm, seed, stage], lists.targets[stage], ranks)
         run_dict = {u: {items[i]: float(len(row) - pos) for pos, i in enumerate(row)} for u, row in zip(users, ranked)}
         written.append(_write(out / f"{_file_stem(paradigm)}.seed{seed}.{stage}", fmt, run_dict, tag=paradigm))
     return written

@@ -79,3 +79,19 @@ def test_a_run_without_lists_is_a_one_line_error(exported_run, tmp_path, capsys)
             (copy / path.name).write_bytes(path.read_bytes())
     assert main(["export", str(copy), "--format", "trec"]) == 2
     assert "stored no top-K lists" in capsys.readouterr().err
+
+
+def test_an_inconsistent_run_directory_writes_no_file(exported_run, tmp_path, capsys):
+    """per_user.csv without the last job's rows: refused before the first file, not midway."""
+    copy = tmp_path / "edited"
+    copy.mkdir()
+    for path in exported_run.iterdir():
+        if path.is_file():
+            (copy / path.name).write_bytes(path.read_bytes())
+    per_user = pd.read_csv(copy / "per_user.csv", dtype={"user": str})
+    per_user[~((per_user["paradigm"] == "personal") & (per_user["seed"] == 1))].to_csv(copy / "per_user.csv",
+                                                                                         index=False)
+    out = tmp_path / "files"
+    assert main(["export", str(copy), "--format", "trec", "--out", str(out)]) == 2
+    assert "inconsistent" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
