@@ -134,7 +134,8 @@ runs and what differs:
     the candidate lists of every sampled protocol: one data set, one set of users and targets;
   - runs of different data sets are different rows (their split hashes differ by nature), but must rank the same
     way (history masking);
-  - all runs must have the same protocols (eval.protocols), since the columns are per protocol.
+  - runs may report different protocols (eval.protocols): the columns are every run's protocols, and a run's
+    cells under a protocol it lacks stay empty (likelihood paradigms, for one, run apart from full ranking).
 """
 
 

@@ -12,7 +12,10 @@ runs and what differs):
   data set would have two sets of users and targets on one board;
 * runs of different data sets are different rows by nature (their split hashes differ), but must still rank the
   same way (every :data:`bench.rundir.COMPARABLE_ON` field but the split);
-* every run must have the same protocols, since the columns are per protocol.
+* a protocol both runs of one data set report must use the same candidate lists.
+
+Runs may report different protocols (a likelihood paradigm, for one, runs apart from full ranking): the columns
+are every run's protocols, and a run's cells under a protocol it lacks stay empty.
 """
 from __future__ import annotations
 
@@ -56,12 +59,8 @@ def refusal(run_a: Run, run_b: Run) -> str | None:
             if name != SPLIT_FIELD and key_a[name] != key_b[name]:
                 return (f"{run_a.path} and {run_b.path} are not comparable: {name} differs ({key_a[name]} vs "
                         f"{key_b[name]}); {why}")
-    if set(run_a.protocols) != set(run_b.protocols):
-        return (f"{run_a.path} and {run_b.path} are not comparable: protocols differ ({', '.join(run_a.protocols)} "
-                f"vs {', '.join(run_b.protocols)}); a leaderboard's columns are per protocol, so rerun one with the "
-                "other's eval.protocols")
     if run_a.manifest.dataset == run_b.manifest.dataset:
-        for protocol in run_a.protocols:
+        for protocol in (p for p in run_a.protocols if p in run_b.protocols):
             lists = [(run.manifest.protocols.get(protocol) or {}).get("hash") for run in (run_a, run_b)]
             if lists[0] != lists[1]:
                 return (f"{run_a.path} and {run_b.path} are not comparable: the candidate lists of {protocol} differ "
@@ -70,10 +69,11 @@ def refusal(run_a: Run, run_b: Run) -> str | None:
 
 
 def columns(runs: list[Run]) -> list[tuple[str, str]]:
-    """``(protocol, metric)`` of every column: the first run's protocol order, every run's ``report.metrics``
-    (first seen first), without cut-offs a sampled protocol makes trivial."""
+    """``(protocol, metric)`` of every column: every run's protocols and ``report.metrics`` (first seen first),
+    without cut-offs a sampled protocol makes trivial."""
     metrics = list(dict.fromkeys(m for run in runs for m in run.report_metrics))
-    return [(protocol, metric) for protocol in runs[0].protocols for metric in metrics
+    protocols = list(dict.fromkeys(p for run in runs for p in run.protocols))
+    return [(protocol, metric) for protocol in protocols for metric in metrics
             if not parse_protocol(protocol).trivial(int(metric.partition("@")[2]))]
 
 
@@ -90,12 +90,12 @@ def board(runs: list[Run], cols: list[tuple[str, str]]) -> pd.DataFrame:
     for run in runs:
         full = dataclasses.replace(run, per_user=run.with_metrics(metrics))
         summaries = {p: report.summarise(full.for_protocol(p).per_user, [m for q, m in cols if q == p])
-                     for p in run.protocols}
+                     for p in run.protocols}  # a protocol the run lacks leaves its cells empty
         for paradigm in run.paradigms:
             row = {"dataset": run.manifest.dataset, "paradigm": paradigm, "run": str(run.path),
                    "seeds": len(run.seeds)}
             for protocol, metric in cols:
-                cell = summaries[protocol].get(paradigm, {}).get("test", {}).get(metric, {})
+                cell = summaries.get(protocol, {}).get(paradigm, {}).get("test", {}).get(metric, {})
                 row[f"{metric}|{protocol}|mean"], row[f"{metric}|{protocol}|std"] = cell.get("mean"), cell.get("std")
             rows.append(row)
     frame = pd.DataFrame(rows)
@@ -162,11 +162,11 @@ def board_page(runs: list[Run], frame: pd.DataFrame, cols: list[tuple[str, str]]
         for protocol, metric in cols:
             key = f"{metric}|{protocol}"
             mean, std = row[f"{key}|mean"], row[f"{key}|std"]
-            text = html.esc(report._number(mean))
+            missing = mean is None or pd.isna(mean)
+            text = "" if missing else html.esc(report._number(mean))
             text = f"<strong>{text}</strong>" if best[key][index] else text
-            text += f' <span class="std">± {html.esc(report._number(std))}</span>' if multi and not pd.isna(mean) \
-                else ""
-            cells.append(html.Cell(text, sort="" if mean is None or pd.isna(mean) else float(mean)))
+            text += f' <span class="std">± {html.esc(report._number(std))}</span>' if multi and not missing else ""
+            cells.append(html.Cell(text, sort="" if missing else float(mean)))
         rows.append(cells)
     body = [f"<h1>Leaderboard <small>{len(groups)} data set(s), {len(runs)} run(s), {len(frame)} rows</small></h1>",
             f'<p class="note">{html.prose(CAPTION)} Click a column header to sort; rows stay grouped by data set.</p>',

@@ -207,17 +207,26 @@ def test_leaderboard_refuses_one_data_set_on_two_splits_in_one_line(three_runs):
     assert "\n" not in message and str(a) in message and str(b) in message
 
 
-def test_leaderboard_refuses_different_protocols_and_candidate_lists(three_runs, tmp_path):
+def test_leaderboard_joins_runs_of_other_protocols_but_refuses_other_candidate_lists(three_runs, tmp_path):
+    """A run with uni19 beside one without: a column per protocol, empty where a run lacks it; one protocol with
+    two sets of candidate lists on one data set is refused in one line."""
     a, b, c = three_runs
     add_sampled_protocol(b)
-    with pytest.raises(BenchError, match=r"protocols differ \(full vs full, uni19\)") as err:
+    out = tmp_path / "board.html"
+    text = leaderboard.build([a, b, c], out)
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    header, body = rows[0], rows[1:]
+    uni = header.index("HR@10 (uni19)")
+    assert [r[uni] != "" for r in body] == [False, False, False, True, True, False, False]  # only b has uni19
+    assert header.index("HR@10 (full)") < uni and all(r[header.index("HR@10 (full)")] for r in body)
+    cells = [row[uni] for row in Tables(out.read_text()).tables[0]["rows"][1:]]
+    assert [c.strip() != "" for c in cells] == [False, False, False, True, True, False, False]
+    add_sampled_protocol(a, lists="0" * 16)
+    with pytest.raises(BenchError, match=r"candidate lists of uni19 differ") as err:
         leaderboard.build([a, b])
     assert "\n" not in str(err.value)
-    add_sampled_protocol(a, lists="0" * 16)
-    with pytest.raises(BenchError, match=r"candidate lists of uni19 differ"):
-        leaderboard.build([a, b])
-    with pytest.raises(BenchError, match=r"protocols differ"):
-        leaderboard.build([c, b])  # another data set, but its columns would be missing
+    add_sampled_protocol(c, lists="0" * 16)
+    leaderboard.build([c, b])  # another data set: its own candidate lists
 
 
 def test_leaderboard_puts_other_data_sets_side_by_side_but_not_other_masking(three_runs):
