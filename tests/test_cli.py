@@ -134,7 +134,7 @@ def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupte
     assert not again.exists()  # nothing partial where results belong
     finished = sorted(p.name for p in jobs.glob("*.json"))
     assert 3 <= len(finished) < 8 and not list(jobs.glob(".*.tmp"))
-    result = run_cli("run", "--resume", str(again), "--quiet")
+    result = run_cli("run", "--resume", str(again), "--quiet", env={"BENCH_CACHE": str(cache_root)})  # same cache
     assert result.returncode == 0, result.stderr
     manifest = json.loads((again / "manifest.json").read_text())
     resumed, timed = manifest["resumed_jobs"], manifest["timings_seconds"]
