@@ -96,7 +96,8 @@ def build(run_dir: Path, overrides=()) -> tuple[Run, list[ProtocolReport]]:
     write_json(run.path / "metrics.json", _metrics_json(run, parts))
     for part in parts:
         atomic_write_text(run.path / f"significance{part.suffix}.csv", significance_csv(part.tests))
-        table = part.table if part.beyond is None else part.table.merge(part.beyond, on="paradigm", how="left")
+        table = part.table if part.beyond is None else part.table.merge(
+            part.beyond.drop(columns=[c for c in part.beyond if c.endswith("_per_seed")]), on="paradigm", how="left")
         atomic_write_text(run.path / f"results{part.suffix}.csv", table.to_csv(index=False, float_format="%.6g"))
         atomic_write_text(run.path / f"results{part.suffix}.tex", results_tex(part.view, part.table, part.metrics))
     atomic_write_text(run.path / "results.md", results_md(run, parts))
@@ -105,8 +106,10 @@ def build(run_dir: Path, overrides=()) -> tuple[Run, list[ProtocolReport]]:
 
 
 def _metrics_json(run: Run, parts: list[ProtocolReport]) -> dict:
-    """``metrics.json``: the main protocol's metrics under ``paradigms`` (as runs before protocols existed), and
-    every protocol's under ``protocols`` when the run has any but full ranking."""
+    """``metrics.json``: the main protocol's metrics under ``paradigms`` (as runs before protocols existed),
+    every protocol's under ``protocols`` when the run has any but full ranking, and the beyond-accuracy metrics
+    of the stored top-K lists under ``beyond`` (``{NAME: {"test": {METRIC@K: {"mean", "std", "low", "high",
+    "per_seed"}}}}``) when the report computes them."""
     def paradigms(summary: dict) -> dict:
         return {name: {"version": run.manifest.version(name), "stages": stages} for name, stages in summary.items()}
 
@@ -114,6 +117,11 @@ def _metrics_json(run: Run, parts: list[ProtocolReport]) -> dict:
            "paradigms": paradigms(parts[0].summary)}
     if run.protocols != [FULL]:
         out["protocols"] = {part.name: paradigms(part.summary) for part in parts}
+    table = next((part.beyond for part in parts if part.beyond is not None), None)
+    if table is not None:
+        out["beyond"] = {row["paradigm"]: {"test": {column: {part: row[f"{column}_{part}"] for part in BEYOND_PARTS}
+                                                    for column in run.config["report.beyond_metrics"]}}
+                         for row in table.to_dict("records")}
     return out
 
 
@@ -234,10 +242,14 @@ def _table_md(run: Run, table: pd.DataFrame, metrics: list[str]) -> list[str]:
 
 
 # -- beyond accuracy -------------------------------------------------------------------------------------------
+BEYOND_PARTS = ("mean", "std", "low", "high", "per_seed")
+
+
 def beyond_accuracy_table(run: Run, stage: str = "test") -> pd.DataFrame | None:
     """One row per paradigm with stored top-K lists: each ``report.beyond_metrics`` metric's mean and std over
-    seeds and its 95% bootstrap interval over users (``_mean``, ``_std``, ``_low``, ``_high``); ``None`` when the
-    run stored no lists or the config names no such metric."""
+    seeds, its 95% bootstrap interval over users and its value per seed (``_mean``, ``_std``, ``_low``,
+    ``_high``, ``_per_seed``: a list in ``run.seeds`` order); ``None`` when the run stored no lists or the config
+    names no such metric."""
     lists, columns = run.top_lists, list(run.config["report.beyond_metrics"])
     if lists is None or not columns:
         return None
@@ -249,8 +261,7 @@ def beyond_accuracy_table(run: Run, stage: str = "test") -> pd.DataFrame | None:
         if not by_seed:
             continue
         found = beyond.summary(by_seed, columns, catalogue, run.config["report.bootstrap"], run.config["report.seed"])
-        rows.append({"paradigm": name, **{f"{c}_{part}": found[c][part] for c in columns
-                                          for part in ("mean", "std", "low", "high")}})
+        rows.append({"paradigm": name, **{f"{c}_{part}": found[c][part] for c in columns for part in BEYOND_PARTS}})
     return pd.DataFrame(rows) if rows else None
 
 

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -179,4 +180,8 @@ def test_every_job_stores_its_top_k_lists_and_a_resumed_run_keeps_them(spies, sl
         assert lists.get("spy-a", 1, "test")[index].tolist() == expected
     assert (lists.get("spy-a", 0, "valid") == lists.get("spy-a", 1, "valid")).all()
     assert "## Beyond accuracy" in (out / "results.md").read_text()
-    assert {"itemcoverage@5_mean", "giniindex@7_low"} <= set(pd.read_csv(out / "results.csv").columns)
+    columns = set(pd.read_csv(out / "results.csv").columns)
+    assert {"itemcoverage@5_mean", "giniindex@7_low"} <= columns and not any("per_seed" in c for c in columns)
+    cell = json.loads((out / "metrics.json").read_text())["beyond"]["spy-a"]["test"]["itemcoverage@5"]
+    assert set(cell) == {"mean", "std", "low", "high", "per_seed"} and len(cell["per_seed"]) == 2
+    assert cell["low"] <= cell["mean"] <= cell["high"] and cell["mean"] == pytest.approx(np.mean(cell["per_seed"]))
