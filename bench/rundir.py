@@ -44,6 +44,14 @@ ID_COLUMNS = ("paradigm", "seed", "stage", "protocol", "user", "rank")
 MAIN_METRICS = ("hit@100", "ndcg@10")
 TOKEN_COLUMNS = ("paradigm", "user", "hard_tokens", "soft_tokens", "history_len", "history_kept")
 FILES = ("per_user.csv", "tokens.csv", "manifest.json", "config.yaml")
+def data_file(run_dir: Path, name: str) -> Path:
+    """``run_dir / name``, or its gzip-compressed copy ``name.gz`` where only that exists (a large run's
+    ``per_user.csv`` may be kept compressed, e.g. to commit it; every reader accepts either)."""
+    path = Path(run_dir) / name
+    packed = path.with_name(path.name + ".gz")
+    return packed if not path.is_file() and packed.is_file() else path
+
+
 #: Significant digits of every per-user metric value: what a format-1 ``per_user.csv`` stored
 #: (``float_format="%.10g"``), kept for format 2 so the same ranks give the same values in runs of either format
 #: (unrounded, ``bench compare`` of identical ranks counted 1e-11 differences as wins and losses).
@@ -240,7 +248,7 @@ class Run:
         """Read a finished run directory; a one-line error naming the missing or broken file. ``overrides``
         (``--set``-style, ``report.*`` keys only) change how this read reports the run, not its saved config."""
         run_dir = Path(run_dir)
-        files = {name: run_dir / name for name in FILES}
+        files = {name: data_file(run_dir, name) for name in FILES}
         for name, path in files.items():
             if not path.is_file():
                 raise BenchError(f"{run_dir} is not a finished run directory: {name} is missing")

@@ -23,6 +23,7 @@ from bench.cache import atomic_write_bytes, atomic_write_text, missing_folders, 
 from bench.config import Config, load_config
 from bench.errors import BenchError
 from bench.evaluation import JobResult
+from bench.rundir import data_file
 
 STATE_VERSION = 1
 
@@ -58,7 +59,7 @@ class RunState:
 
     def resume(self) -> tuple[Config, dict]:
         """The config and plan of the interrupted run; an error when there is nothing (valid) to resume."""
-        if (self.out / "per_user.csv").is_file():
+        if data_file(self.out, "per_user.csv").is_file():
             raise BenchError(f"--resume {self.out}: this run already finished; `bench report {self.out}` rebuilds "
                              "its tables")
         plan_file = self.dir / "plan.json"

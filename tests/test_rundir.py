@@ -68,3 +68,21 @@ def test_a_new_run_directory_keeps_ids_and_ranks_only(tmp_path):
     Run.write(tmp_path, run.per_user, [], manifest)  # rows that carry metric columns: only ids and ranks are kept
     assert pd.read_csv(tmp_path / "per_user.csv").columns.tolist() == list(ID_COLUMNS)
     assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == FORMAT_VERSION == 3
+
+
+def test_a_gzipped_per_user_file_reads_back_the_same_run(tmp_path):
+    """A large run may keep per_user.csv as per_user.csv.gz: the report rebuilds the same numbers from it, and
+    --resume still sees a finished run."""
+    import gzip
+
+    from bench.state import RunState
+
+    plain, packed = _copy(tmp_path / "a"), _copy(tmp_path / "b")
+    (packed / "per_user.csv.gz").write_bytes(gzip.compress((packed / "per_user.csv").read_bytes()))
+    (packed / "per_user.csv").unlink()
+    report.build(plain)
+    report.build(packed)
+    assert (packed / "metrics.json").read_text() == (plain / "metrics.json").read_text()
+    assert not (packed / "per_user.csv").exists()
+    with pytest.raises(BenchError, match="already finished"):
+        RunState(packed).resume()
