@@ -125,8 +125,8 @@ the run), so HR@K and NDCG@K from these files equal the run's own for K <= eval.
 
 LEADERBOARD_HELP = """Merge finished runs into one leaderboard: a row per data set, paradigm and run, a column
 per report metric under each protocol (test stage; mean over users, then mean ± std over seeds, computed from
-the saved ranks; the best value per data set in bold). The Markdown table is printed; --out also writes the
-page.
+the saved ranks; the best value per data set in bold), then the beyond-accuracy metrics of runs that stored
+top-K lists. The Markdown table is printed; --out also writes the page.
 
 Runs are put side by side only when their numbers measure the same thing, else a one-line error names the two
 runs and what differs:

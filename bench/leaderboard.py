@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import html, report
+from bench import beyond, html, report
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
 from bench.protocols import parse_protocol
 from bench.rundir import COMPARABLE_ON, Run, comparability_key, display_name, incomparable
 
 SPLIT_FIELD = "split hash"
+#: The pseudo-protocol of the beyond-accuracy columns: the test stage's top-K lists under full ranking.
+BEYOND = "top-K lists"
 
 
 def load(run_dirs: list[Path]) -> list[Run]:
@@ -73,29 +75,48 @@ def columns(runs: list[Run]) -> list[tuple[str, str]]:
     without cut-offs a sampled protocol makes trivial."""
     metrics = list(dict.fromkeys(m for run in runs for m in run.report_metrics))
     protocols = list(dict.fromkeys(p for run in runs for p in run.protocols))
-    return [(protocol, metric) for protocol in protocols for metric in metrics
-            if not parse_protocol(protocol).trivial(int(metric.partition("@")[2]))]
+    accuracy = [(protocol, metric) for protocol in protocols for metric in metrics
+                if not parse_protocol(protocol).trivial(int(metric.partition("@")[2]))]
+    extra = dict.fromkeys(m for run in runs if run.top_lists is not None for m in run.config["report.beyond_metrics"])
+    return accuracy + [(BEYOND, metric) for metric in extra]
 
 
 def column_label(protocol: str, metric: str) -> str:
-    """``NDCG@10 (full)``."""
-    return f"{display_name(metric)} ({protocol})"
+    """``NDCG@10 (full)``; ``Coverage@10 (top-K lists)`` for a beyond-accuracy column."""
+    return f"{_metric_name(protocol, metric)} ({protocol})"
+
+
+def _metric_name(protocol: str, metric: str) -> str:
+    return beyond.display_name(metric) if protocol == BEYOND else display_name(metric)
+
+
+def _beyond_cells(run: Run, cols: list[tuple[str, str]]) -> dict[str, dict]:
+    """``{paradigm: {metric: {"mean", "std"}}}`` of the run's beyond-accuracy columns among ``cols`` (empty when
+    the board has none or the run stored no top-K lists)."""
+    wanted = [m for p, m in cols if p == BEYOND]
+    table = report.beyond_accuracy_table(run) if wanted and run.top_lists is not None else None
+    if table is None:
+        return {}
+    return {row["paradigm"]: {m: {"mean": row[f"{m}_mean"], "std": row[f"{m}_std"]} for m in wanted
+                              if f"{m}_mean" in row} for row in table.to_dict("records")}
 
 
 def board(runs: list[Run], cols: list[tuple[str, str]]) -> pd.DataFrame:
     """One row per data set, paradigm and run (data sets in order of first appearance): ``dataset``,
     ``paradigm``, ``run``, ``seeds`` and ``METRIC|PROTOCOL|mean`` / ``...|std`` per column."""
-    metrics = list(dict.fromkeys(m for _, m in cols))
+    metrics = list(dict.fromkeys(m for p, m in cols if p != BEYOND))
     rows = []
     for run in runs:
         full = dataclasses.replace(run, per_user=run.with_metrics(metrics))
         summaries = {p: report.summarise(full.for_protocol(p).per_user, [m for q, m in cols if q == p])
                      for p in run.protocols}  # a protocol the run lacks leaves its cells empty
+        extra = _beyond_cells(run, cols)
         for paradigm in run.paradigms:
             row = {"dataset": run.manifest.dataset, "paradigm": paradigm, "run": str(run.path),
                    "seeds": len(run.seeds)}
             for protocol, metric in cols:
-                cell = summaries.get(protocol, {}).get(paradigm, {}).get("test", {}).get(metric, {})
+                cell = (extra.get(paradigm, {}).get(metric, {}) if protocol == BEYOND else
+                        summaries.get(protocol, {}).get(paradigm, {}).get("test", {}).get(metric, {}))
                 row[f"{metric}|{protocol}|mean"], row[f"{metric}|{protocol}|std"] = cell.get("mean"), cell.get("std")
             rows.append(row)
     frame = pd.DataFrame(rows)
@@ -104,20 +125,28 @@ def board(runs: list[Run], cols: list[tuple[str, str]]) -> pd.DataFrame:
 
 
 def _best(frame: pd.DataFrame, key: str) -> pd.Series:
-    """Whether each row holds its data set's best (largest) mean of column ``key``."""
+    """Whether each row holds its data set's best (largest) mean of column ``key``; never for a beyond-accuracy
+    column (more coverage or less popularity is not better in itself)."""
     means = frame[f"{key}|mean"].astype(float)
+    if key.endswith(f"|{BEYOND}"):
+        return pd.Series(False, index=frame.index)
     return means.notna() & (means == means.groupby(frame["dataset"]).transform("max"))
 
 
-def _cell_text(mean, std, multi: bool) -> str:
+def _number(protocol: str, metric: str, value) -> str:
+    return report.beyond_number(metric, value) if protocol == BEYOND else report._number(value)
+
+
+def _cell_text(protocol: str, metric: str, mean, std, multi: bool) -> str:
     """``0.1234 ± 0.0012`` (the spread with several seeds), '' where the run has no value."""
-    return "" if mean is None or pd.isna(mean) else report._number(mean) + (
-        f" ± {report._number(std)}" if multi and not pd.isna(std) else "")
+    return "" if mean is None or pd.isna(mean) else _number(protocol, metric, mean) + (
+        f" ± {_number(protocol, metric, std)}" if multi and not pd.isna(std) else "")
 
 
 CAPTION = ("Test stage; mean over users, then mean ± std over seeds (computed from each run's saved ranks); the "
-           "best value of each data set's column in bold. Pairwise tests within a run: its report; across runs of "
-           "one data set: `bench compare`.")
+           "best value of each data set's column in bold. Columns marked top-K lists: beyond-accuracy metrics of "
+           "the runs' stored top-K lists (full ranking; never bold). Pairwise tests within a run: its report; "
+           "across runs of one data set: `bench compare`.")
 
 
 def board_md(runs: list[Run], frame: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
@@ -131,7 +160,7 @@ def board_md(runs: list[Run], frame: pd.DataFrame, cols: list[tuple[str, str]]) 
         cells = [_md(row["dataset"]), _md(row["paradigm"]), _md(row["run"]), str(row["seeds"])]
         for protocol, metric in cols:
             key = f"{metric}|{protocol}"
-            text = _cell_text(row[f"{key}|mean"], row[f"{key}|std"], multi)
+            text = _cell_text(protocol, metric, row[f"{key}|mean"], row[f"{key}|std"], multi)
             cells.append(f"**{text}**" if text and best[key][index] else text)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Runs:", ""]
@@ -153,7 +182,7 @@ def board_page(runs: list[Run], frame: pd.DataFrame, cols: list[tuple[str, str]]
     best = {f"{m}|{p}": _best(frame, f"{m}|{p}") for p, m in cols}
     groups = {name: i for i, name in enumerate(dict.fromkeys(frame["dataset"]))}
     headers = [*map(html.text_cell, ("data set", "paradigm", "run")), html.Cell("seeds"),
-               *(html.Cell(f"{html.esc(display_name(m))}<br><small>{html.esc(p)}</small>") for p, m in cols)]
+               *(html.Cell(f"{html.esc(_metric_name(p, m))}<br><small>{html.esc(p)}</small>") for p, m in cols)]
     rows = []
     for index, row in frame.iterrows():
         cells = [html.text_cell(row["dataset"]), html.text_cell(row["paradigm"]),
@@ -163,9 +192,10 @@ def board_page(runs: list[Run], frame: pd.DataFrame, cols: list[tuple[str, str]]
             key = f"{metric}|{protocol}"
             mean, std = row[f"{key}|mean"], row[f"{key}|std"]
             missing = mean is None or pd.isna(mean)
-            text = "" if missing else html.esc(report._number(mean))
+            text = "" if missing else html.esc(_number(protocol, metric, mean))
             text = f"<strong>{text}</strong>" if best[key][index] else text
-            text += f' <span class="std">± {html.esc(report._number(std))}</span>' if multi and not missing else ""
+            text += f' <span class="std">± {html.esc(_number(protocol, metric, std))}</span>' \
+                if multi and not missing else ""
             cells.append(html.Cell(text, sort="" if missing else float(mean)))
         rows.append(cells)
     body = [f"<h1>Leaderboard <small>{len(groups)} data set(s), {len(runs)} run(s), {len(frame)} rows</small></h1>",

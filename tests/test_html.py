@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import html, leaderboard, report
+from bench import html, leaderboard, report, rundir
 from bench.errors import BenchError
 from bench.rundir import write_json
 from conftest import run_cli
@@ -227,6 +227,27 @@ def test_leaderboard_joins_runs_of_other_protocols_but_refuses_other_candidate_l
     assert "\n" not in str(err.value)
     add_sampled_protocol(c, lists="0" * 16)
     leaderboard.build([c, b])  # another data set: its own candidate lists
+
+
+def test_leaderboard_shows_beyond_accuracy_of_runs_with_top_k_lists(three_runs, monkeypatch):
+    """A run with stored lists gets its beyond-accuracy columns (never bold); a run without them, empty cells."""
+    a, b, _ = three_runs
+    monkeypatch.setattr(rundir.Run, "top_lists", property(lambda run: object() if run.path == a else None))
+
+    def table(run, stage="test"):
+        n = len(run.paradigms)
+        return pd.DataFrame({"paradigm": run.paradigms, "itemcoverage@10_mean": np.linspace(0.1, 0.3, n),
+                             "itemcoverage@10_std": 0.01, "averagepopularity@10_mean": 123.456,
+                             "averagepopularity@10_std": 1.0})
+
+    monkeypatch.setattr(report, "beyond_accuracy_table", table)
+    edit_config(a, **{"report.beyond_metrics": ["itemcoverage@10", "averagepopularity@10"]})
+    rows = [line.removesuffix(" |").split(" | ") for line in leaderboard.build([a, b]).splitlines()
+            if line.startswith("| ") and "---" not in line]
+    header, body = rows[0], rows[1:]
+    coverage, popularity = header.index("Coverage@10 (top-K lists)"), header.index("AvgPop@10 (top-K lists)")
+    assert [r[coverage] for r in body] == ["0.1000 ± 0.0100", "0.2000 ± 0.0100", "0.3000 ± 0.0100", "", ""]
+    assert body[0][popularity] == "123.5 ± 1.0" and not any("**" in r[coverage] for r in body)
 
 
 def test_leaderboard_puts_other_data_sets_side_by_side_but_not_other_masking(three_runs):
