@@ -172,7 +172,8 @@ class Workload:
     ``prompts``: texts the frozen LLM encodes once (cached features), ``prompt_tokens`` their tokens;
     ``training_samples``: samples per epoch; ``llm_sequences``: other sequence passes through the LLM as
     forward-pass equivalents (a backward pass counts 2), ``llm_tokens`` their tokens; ``rankings``: users ranked
-    over every item (validation during training included).
+    over every item (validation during training included); ``cached_sequences`` / ``cached_tokens``: LLM passes
+    whose results the job keeps for the run's other seeds (a zero-shot paradigm's scores), counted once per run.
     """
 
     prompts: int = 0
@@ -181,14 +182,17 @@ class Workload:
     llm_sequences: int = 0
     llm_tokens: int = 0
     rankings: int = 0
+    cached_sequences: int = 0
+    cached_tokens: int = 0
 
     def __add__(self, other: "Workload") -> "Workload":
         return Workload(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
     def times(self, seeds: int) -> "Workload":
-        """The work of ``seeds`` seeds: features are cached, so prompts count once."""
-        return Workload(self.prompts, self.prompt_tokens, self.training_samples * seeds, self.llm_sequences * seeds,
-                        self.llm_tokens * seeds, self.rankings * seeds)
+        """The work of ``seeds`` seeds: features and cached passes count once."""
+        return dataclasses.replace(self, training_samples=self.training_samples * seeds,
+                                   llm_sequences=self.llm_sequences * seeds, llm_tokens=self.llm_tokens * seeds,
+                                   rankings=self.rankings * seeds)
 
 
 def prompt_budget(config: Config) -> int:

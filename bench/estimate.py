@@ -75,7 +75,7 @@ class Estimate:
         w = self.work
         stages = ", ".join(f"{name} {duration(s)}" for name, s in self.seconds.items())
         text = (f"plan: {self.users:,} users x {self.items:,} items, {self.jobs} jobs; {w.prompts:,} prompts to "
-                f"encode, {w.training_samples:,} training samples, {w.llm_sequences:,} LLM sequence passes, "
+                f"encode, {w.training_samples:,} training samples, {w.llm_sequences + w.cached_sequences:,} LLM sequence passes, "
                 f"{w.rankings:,} user rankings; encoder {self.encoder}; estimate on {self.processes} x "
                 f"{self.device}: {stages}, total ~{duration(self.total)} ({self.timed})")
         if self.unknown:
@@ -153,7 +153,7 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
         if arm.label in llms:
             _refuse_unaffordable_full_ranking(arm, split, seconds)
         features += work.prompt_tokens * seconds
-        passes += work.llm_tokens * seconds
+        passes += (work.llm_tokens + work.cached_tokens) * seconds
         ranking += work.rankings * per_rank
         total = total + work
     result.work = total

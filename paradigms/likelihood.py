@@ -48,11 +48,17 @@ class _Likelihood(Paradigm):
 
     @classmethod
     def workload(cls, split: SplitView, config, options) -> Workload:
-        """One prompt pass per user and stage, plus one pass of at most ``llm.item_max_tokens`` tokens per
-        candidate (:func:`candidates_per_user`); nothing trained, no ranking over the towers."""
+        """:meth:`scoring_work`, kept for the run's other seeds (nothing trained, so the scores are the same)."""
+        sequences, tokens = cls.scoring_work(split, config)
+        return Workload(cached_sequences=sequences, cached_tokens=tokens)
+
+    @staticmethod
+    def scoring_work(split: SplitView, config) -> tuple[int, int]:
+        """(sequences, tokens) of scoring both stages: one prompt pass per user and stage, plus one pass of at most
+        ``llm.item_max_tokens`` tokens per candidate (:func:`candidates_per_user`); no ranking over towers."""
         users, candidates = split.n_users - 1, candidates_per_user(config, split.n_items)
-        return Workload(llm_sequences=2 * users * (1 + candidates),
-                        llm_tokens=2 * users * (prompt_budget(config) + candidates * config["llm.item_max_tokens"]))
+        return (2 * users * (1 + candidates),
+                2 * users * (prompt_budget(config) + candidates * config["llm.item_max_tokens"]))
 
     def fit(self, split: SplitView, context: Context) -> None:
         """Nothing to train: checks the data and the backbone (a decoder) and tokenizes every item's text."""

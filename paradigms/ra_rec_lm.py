@@ -53,8 +53,10 @@ class RARecLM(_Likelihood):
 
     @classmethod
     def workload(cls, split: SplitView, config, options) -> Workload:
-        """Scoring as the zero-shot paradigms, plus per epoch one pass with a graph per sample (backward: 2)."""
-        scoring = super().workload(split, config, options)
+        """Scoring as the zero-shot paradigms (but per seed: the prefixes are trained), plus per epoch one pass
+        with a graph per sample (backward: 2)."""
+        sequences, tokens = cls.scoring_work(split, config)
+        scoring = Workload(llm_sequences=sequences, llm_tokens=tokens)
         samples = max(1, round(options["train_fraction"] * count_training_samples(
             split, config["train.samples_per_user"])))
         tokens = (options["prompt_tokens"] or config["llm.token_budget"] or 512) + config["llm.item_max_tokens"]

@@ -5,7 +5,7 @@ import re
 
 import pytest
 from bench import runner
-from bench.config import load_config
+from bench.config import load_config, with_overrides
 from bench.contract import SplitView
 from bench.estimate import LONG_S, Estimate
 from bench.llm import Backbone
@@ -62,6 +62,18 @@ def test_ra_rec_counts_the_samples_it_trains_on(slice_split):
     assert work.llm_sequences > 4 * cfg["train.epochs"] * work.training_samples
     untrained = get("ra-rec-untrained").workload(SplitView(split), cfg, get("ra-rec-untrained").defaults)
     assert untrained.llm_sequences < work.llm_sequences and untrained.training_samples == 0
+
+
+def test_zero_shot_scores_count_once_per_run_and_trained_ones_per_seed(slice_split):
+    """id-direct-lm keeps its scores for the run's other seeds (nothing trained), ra-rec-lm scores anew per seed."""
+    cfg, split = slice_split
+    cfg = with_overrides(cfg, ["eval.protocols=[uni19]"])
+    view = SplitView(split)
+    zero = get("id-direct-lm").workload(view, cfg, get("id-direct-lm").defaults)
+    trained = get("ra-rec-lm").workload(view, cfg, get("ra-rec-lm").defaults)
+    assert zero.cached_tokens > 0 and zero.llm_tokens == 0
+    assert zero.times(3) == zero and trained.times(3).llm_tokens == 3 * trained.llm_tokens
+    assert trained.cached_tokens == 0 and trained.llm_tokens > zero.cached_tokens  # its scoring, then training
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
