@@ -83,17 +83,19 @@ def continuation_scores(backbone: Backbone, prompt: Sequence[int], continuations
     device, context = backbone.device, context or contextlib.nullcontext()
     out = torch.empty(len(continuations), dtype=torch.float32)
     cache_keyword = _cache_keyword(model)
+    # Batches of similar length: padding to each batch's longest continuation is what a batch wastes.
+    order = sorted(range(len(continuations)), key=lambda i: len(continuations[i]))
     with torch.no_grad(), context:
         if reuse_prompt:
             first = model(input_ids=torch.tensor([list(prompt)], device=device), use_cache=True)
             cache, last = _returned_cache(first), first.last_hidden_state[:, -1:]
-        for start in range(0, len(continuations), batch_size):
-            chunk = continuations[start:start + batch_size]
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            chunk = [continuations[i] for i in rows]
             if reuse_prompt:
-                out[start:start + len(chunk)] = _cached_batch(model, cache_keyword, cache, last, len(prompt),
-                                                              chunk, pad, head, device)
+                out[rows] = _cached_batch(model, cache_keyword, cache, last, len(prompt), chunk, pad, head, device)
             else:
-                out[start:start + len(chunk)] = _whole_batch(model, prompt, chunk, pad, head, device)
+                out[rows] = _whole_batch(model, prompt, chunk, pad, head, device)
     return out
 
 
