@@ -78,6 +78,9 @@ def resume(out: Path, progress: Callable | None = None, argv: list[str] | None =
     progress = progress if distributed.init(cfg["device"]).is_main else None
     sweep = plan.parse_sweep(saved.get("sweep"))
     run_arms = plan.arms(saved["spec"], cfg, sweep)
+    if distributed.world().is_main:
+        print(f"resuming {out}: {state.finished_jobs()} of {len(run_arms) * len(cfg['seeds'])} (paradigm, seed) "
+              "jobs already finished", file=sys.stderr)
     return _guarded(state, lambda: _execute(state, cfg, run_arms, sweep, progress, saved.get("argv") or argv,
                                             resumed_by=argv))
 

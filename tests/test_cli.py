@@ -136,6 +136,7 @@ def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupte
     assert 3 <= len(finished) < 8 and not list(jobs.glob(".*.tmp"))
     result = run_cli("run", "--resume", str(again), "--quiet", env={"BENCH_CACHE": str(cache_root)})  # same cache
     assert result.returncode == 0, result.stderr
+    assert f"resuming {again}: {len(finished)} of 8 (paradigm, seed) jobs already finished" in result.stderr
     manifest = json.loads((again / "manifest.json").read_text())
     resumed, timed = manifest["resumed_jobs"], manifest["timings_seconds"]
     assert len(resumed) == len(finished)
