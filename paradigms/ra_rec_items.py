@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.contract import SplitView
+from bench.contract import SplitView, Workload, prompt_budget, rankings
 from bench.registry import Context, TokenUsage, register
 from bench.soft_prompts import LayerProjectors, block_input_scales, injected
-from bench.training import select_samples, training_samples
+from bench.training import count_training_samples, select_samples, training_samples
 from paradigms._two_tower import SimilarityHead, TwoTower, padded_rows
 
 
@@ -123,6 +123,25 @@ class RARecItems(TwoTower):
     }
     search_space = {"train.learning_rate": ("float", 1e-4, 1e-2, "log"),
                     "train.samples_per_user": ("int", 1, 20, "log")}
+
+    @classmethod
+    def workload(cls, split: SplitView, config, options) -> Workload:
+        """The text-only title features once (cached); per epoch every batch row twice (with and without a
+        graph; a backward counts 2); all users and items at every validation and for the test stage. A user
+        sequence is the instruction, at most ``max_history`` soft items and the hard prompt (counted at two
+        tokens a word, plus two), an item sequence one soft item and its title."""
+        users, items = split.n_users - 1, split.n_items - 1
+        samples = max(1, round(options["train_fraction"] * count_training_samples(
+            split, config["train.samples_per_user"])))
+        epochs, batches = config["train.epochs"], -(-samples // config["train.batch_size"])
+        user_tokens = min(prompt_budget(config), options["instruction_len"] + options["max_history"]
+                          + 2 * len(options["hard_prompt"].split()) + 2)
+        item_tokens = options["instruction_len"] + 1 + config["llm.item_max_tokens"]
+        user_side = epochs * 4 * samples + (epochs + 2) * users
+        item_side = epochs * 4 * (samples + config["train.negatives"] * batches) + (epochs + 2) * items
+        return Workload(prompts=items, prompt_tokens=items * config["llm.item_max_tokens"], training_samples=samples,
+                        llm_sequences=user_side + item_side, llm_tokens=user_side * user_tokens + item_side * item_tokens,
+                        rankings=rankings(split, config, trained=True))
 
     def fit(self, split: SplitView, context: Context) -> None:
         self._split, self._ctx, opts = split, context, context.options

@@ -62,6 +62,9 @@ def test_ra_rec_counts_the_samples_it_trains_on(slice_split):
     assert work.llm_sequences > 4 * cfg["train.epochs"] * work.training_samples
     untrained = get("ra-rec-untrained").workload(SplitView(split), cfg, get("ra-rec-untrained").defaults)
     assert untrained.llm_sequences < work.llm_sequences and untrained.training_samples == 0
+    items = get("ra-rec-items").workload(SplitView(split), cfg, get("ra-rec-items").defaults)  # the earlier reading
+    assert items.training_samples == work.training_samples and items.prompts == split.n_items - 1
+    assert items.llm_sequences > 4 * cfg["train.epochs"] * items.training_samples
 
 
 def test_zero_shot_scores_count_once_per_run_and_trained_ones_per_seed(slice_split):
