@@ -142,6 +142,18 @@ class CacheEntry:
         finally:
             shutil.rmtree(pending.path, ignore_errors=True)
 
+    def copy_to(self, dest: Path) -> None:
+        """Copy this (verified) entry's folder to ``dest`` atomically, replacing what is there."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            shutil.copytree(self.path, tmp, dirs_exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
 
 @dataclass
 class Pending:

@@ -247,8 +247,22 @@ def encoder_key(split: Split, cfg: Config, device: str = "cpu") -> str:
     return f"{cfg['encoder.model']}-{stable_hash(parts, 16)}"
 
 
-def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cpu", progress=None) -> Encoder:
-    """The frozen encoder for (split, encoder config): from the cache, or trained now and cached."""
+def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cpu", progress=None,
+                  pinned: Path | None = None) -> Encoder:
+    """The frozen encoder for (split, encoder config): from the cache, or trained now and cached.
+
+    ``pinned``: a folder that keeps a verified copy of the encoder a run started with (a run's working folder).
+    When it holds one, that copy is loaded whatever the cache holds, so a run resumed on another machine (or
+    after the cache was cleared) finishes with the encoder its first jobs used instead of a retrained one;
+    otherwise the encoder is copied there.
+    """
+    kept = _pinned_entry(pinned)
+    if kept is not None:
+        meta = kept.read()
+        if meta is None:
+            raise BenchError(f"{kept.path}: the run's saved encoder is corrupt; start the run again without "
+                             "--resume")
+        return _load(split, cfg, kept.path, meta, kept.key, device)
     key = encoder_key(split, cfg, device)
     entry = CacheEntry(cache_root, "encoders", key, ENCODER_VERSION)
     meta = entry.read()
@@ -257,7 +271,18 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
             pending.data.update(_train(split, cfg, pending.path, cache_root / "recbole-logs" / key, device,
                                        progress))
         meta = entry.read()
+    if pinned is not None:
+        entry.copy_to(Path(pinned) / "encoders" / key)
     return _load(split, cfg, entry.path, meta, key, device)
+
+
+def _pinned_entry(pinned: Path | None) -> CacheEntry | None:
+    """The encoder entry kept in ``pinned/encoders/`` (at most one), or None."""
+    folder = Path(pinned) / "encoders" if pinned is not None else None
+    found = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder and folder.is_dir() else []
+    if len(found) > 1:
+        raise BenchError(f"{folder}: holds {len(found)} encoders, a run keeps one; start it again without --resume")
+    return CacheEntry(folder.parent, "encoders", found[0].name, ENCODER_VERSION) if found else None
 
 
 def _train(split: Split, cfg: Config, out: Path, logdir: Path, device: str, progress) -> dict:

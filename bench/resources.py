@@ -82,8 +82,12 @@ class Resources:
     """The split, candidate lists (``eval.protocols``), encoder and backbones of a run, loaded once and on
     demand."""
 
-    def __init__(self, cfg: Config, device: torch.device, progress: Callable | None, timings: Timings):
+    def __init__(self, cfg: Config, device: torch.device, progress: Callable | None, timings: Timings,
+                 keep_encoder: Path | None = None):
+        """``keep_encoder``: the run's working folder, which keeps a copy of the encoder (see
+        :func:`bench.encoders.load_or_train`'s ``pinned``)."""
         self.cfg, self.device, self.progress, self.timings = cfg, device, progress, timings
+        self.keep_encoder = keep_encoder
         self.cache_root = default_cache_root(cfg["cache_dir"])
         self.encoder: Encoder | None = None
         self.backbones: dict[tuple[str, str], Backbone] = {}
@@ -102,7 +106,8 @@ class Resources:
         self.llms(run_arms)
         if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
             with self.timings("encoder"), world().main_first():
-                self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress)
+                self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress,
+                                             self.keep_encoder)
             world().check_same(float(self.encoder.item_embeddings.double().sum()), "encoder weights")
 
     def llms(self, run_arms: list) -> dict[str, FrozenLLM]:
@@ -114,7 +119,8 @@ class Resources:
         if not any(a.cls.needs_encoder for a in run_arms):
             return None
         key = encoder_key(self.split, self.cfg, str(self.device))
-        return self.encoder is not None or (self.cache_root / "encoders" / key / "meta.json").is_file()
+        kept = self.keep_encoder is not None and any((Path(self.keep_encoder) / "encoders").glob("*/meta.json"))
+        return self.encoder is not None or kept or (self.cache_root / "encoders" / key / "meta.json").is_file()
 
     def llm_for(self, cfg: Config) -> FrozenLLM:
         """The frozen LLM for an arm's config: its backbone loaded once per (backbone, dtype)."""

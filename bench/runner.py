@@ -118,7 +118,9 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     world = distributed.world()
     device = pick_device(cfg["device"], world)
     timings = Timings()
-    shared = Resources(cfg, device, progress, timings)
+    shared = Resources(cfg, device, progress, timings, keep_encoder=state.dir)
+    if world.is_main:
+        state.check_inputs({"split": shared.split.hash, "candidate lists": shared.candidate_hashes})
     line = _plan_line(shared, run_arms, cfg)
     if world.is_main:
         print(line, file=sys.stderr)
@@ -272,7 +274,9 @@ def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: 
         save_candidates(tmp / "candidates.npz", shared.split, shared.candidates)
     report.build(tmp)
     shutil.rmtree(tmp / "jobs")
+    shutil.rmtree(tmp / "encoders", ignore_errors=True)  # the manifest names it; the cache keeps it
     (tmp / "plan.json").unlink()
+    (tmp / "inputs.json").unlink(missing_ok=True)
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)

@@ -3,7 +3,9 @@
 A run to ``OUT`` works in ``OUT/../.OUT.partial``: the resolved config, the plan (paradigm spec, sweep, jobs)
 and three files per finished (arm, seed) job, each written atomically, the ``.json`` last (a job counts
 as finished only when its ``.json`` exists and its ``.csv`` of ranks and ``.npz`` of top-K lists match the
-checksums recorded there). When every
+checksums recorded there). It also keeps the hashes of the split and candidate lists (``inputs.json``) and a
+copy of the encoder (``encoders/``), so a run resumed on another machine or after the cache was cleared
+finishes on the same inputs or refuses to. When every
 job has finished, the runner writes the tables into the folder and renames it to ``OUT``. An interrupted or
 failed run leaves only this hidden folder (never ``OUT``); ``bench run --resume OUT`` continues it.
 """
@@ -77,6 +79,20 @@ class RunState:
         for leftover in self.dir.rglob(".*.tmp"):
             leftover.unlink(missing_ok=True)  # every rank of a distributed run resumes
         return cfg, plan
+
+    def check_inputs(self, inputs: dict) -> None:
+        """Record what every job of the run shares (split and candidate-list hashes) the first time; when
+        resumed, an error if they came out differently here (another RecBole, another data file)."""
+        record = self.dir / "inputs.json"
+        if not record.is_file():
+            atomic_write_text(record, json.dumps(inputs, indent=2, sort_keys=True))
+            return
+        saved = json.loads(record.read_text())
+        changed = sorted(key for key in set(saved) | set(inputs) if saved.get(key) != inputs.get(key))
+        if changed:
+            raise BenchError(f"--resume {self.out}: the {', '.join(changed)} differ from the ones the finished jobs "
+                             f"used ({record}); restore the same data and versions, or start the run again without "
+                             "--resume")
 
     def finished_jobs(self) -> int:
         """How many jobs are saved."""

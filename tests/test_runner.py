@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -185,3 +186,45 @@ def test_every_job_stores_its_top_k_lists_and_a_resumed_run_keeps_them(spies, sl
     cell = json.loads((out / "metrics.json").read_text())["beyond"]["spy-a"]["test"]["itemcoverage@5"]
     assert set(cell) == {"mean", "std", "low", "high", "per_seed"} and len(cell["per_seed"]) == 2
     assert cell["low"] <= cell["mean"] <= cell["high"] and cell["mean"] == pytest.approx(np.mean(cell["per_seed"]))
+
+
+def test_a_resumed_run_uses_the_encoder_its_first_jobs_used_even_without_the_cache(spies, slice_overrides,
+                                                                                  monkeypatch, tmp_path):
+    """The working folder keeps a verified copy of the encoder: resumed where the cache lacks that encoder
+    (another machine, a cleared cache), the run loads the copy instead of training a different one; a corrupt
+    copy is refused; the finished run directory does not carry it."""
+    from bench import encoders
+
+    cfg = load_config("smoke", overrides=slice_overrides)
+    failing = {"yes": True}
+
+    class Flaky(_Spy):
+        in_all, needs_encoder = False, True
+
+        def fit(self, split, context):
+            if failing["yes"]:
+                raise RuntimeError("boom")
+            super().fit(split, context)
+
+    registry.register("flaky")(Flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run("spy-b,flaky", cfg, tmp_path / "run")
+    first = SEEN[0][4].item_embeddings.clone()
+    kept = list((tmp_path / ".run.partial" / "encoders").iterdir())
+    assert len(kept) == 1 and (kept[0] / "model.pt").is_file()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the resumed run trained a new encoder")
+
+    shutil.copytree(tmp_path / ".run.partial", tmp_path / ".copy.partial")
+    monkeypatch.setattr(encoders, "_train", no_training)
+    monkeypatch.setattr(encoders, "encoder_key", lambda *args, **kwargs: "SASRec-elsewhere")  # not in the cache
+    failing["yes"] = False
+    out = runner.resume(tmp_path / "run")
+    assert SEEN[-1][0] == "flaky" and torch.equal(SEEN[-1][4].item_embeddings, first)
+    assert json.loads((out / "manifest.json").read_text())["encoder"]["key"] == kept[0].name
+    assert not (out / "encoders").exists()
+    copy = tmp_path / ".copy.partial" / "encoders" / kept[0].name
+    (copy / "model.pt").write_bytes(b"not a model")
+    with pytest.warns(UserWarning, match="corrupt"), pytest.raises(BenchError, match="saved encoder is corrupt"):
+        runner.resume(tmp_path / "copy")

@@ -79,3 +79,13 @@ def test_a_discarded_start_removes_the_folders_it_created_and_only_those(tmp_pat
     state.start(load_config("smoke"), {"spec": "pop", "sweep": None, "argv": None})
     state.discard()
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["other-run"]
+
+
+def test_a_resume_on_different_inputs_is_refused(state):
+    """The first job records the split and candidate hashes; a resume that builds different ones (another data
+    file or RecBole version) stops with the names of what changed instead of mixing inputs in one run."""
+    inputs = {"split": "aa", "candidate lists": {"uni99": "bb"}}
+    state.check_inputs(inputs)
+    state.check_inputs(dict(inputs))  # the same inputs: resumed
+    with pytest.raises(BenchError, match=r"the candidate lists, split differ .*start the run again"):
+        state.check_inputs({"split": "cc", "candidate lists": {"uni99": "dd"}})
