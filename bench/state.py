@@ -90,8 +90,8 @@ class RunState:
         saved = json.loads(record.read_text())
         changed = sorted(key for key in set(saved) | set(inputs) if saved.get(key) != inputs.get(key))
         if changed:
-            raise BenchError(f"--resume {self.out}: the {', '.join(changed)} differ from the ones the finished jobs "
-                             f"used ({record}); restore the same data and versions, or start the run again without "
+            raise BenchError(f"--resume {self.out}: the {', '.join(changed)} changed since the finished jobs ran "
+                             f"({record}); restore the same data and versions, or start the run again without "
                              "--resume")
 
     def finished_jobs(self) -> int:

@@ -87,5 +87,5 @@ def test_a_resume_on_different_inputs_is_refused(state):
     inputs = {"split": "aa", "candidate lists": {"uni99": "bb"}}
     state.check_inputs(inputs)
     state.check_inputs(dict(inputs))  # the same inputs: resumed
-    with pytest.raises(BenchError, match=r"the candidate lists, split differ .*start the run again"):
+    with pytest.raises(BenchError, match=r"the candidate lists, split changed since .*start the run again"):
         state.check_inputs({"split": "cc", "candidate lists": {"uni99": "dd"}})
