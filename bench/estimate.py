@@ -65,6 +65,7 @@ class Estimate:
     encoder: str = ""
     unknown: list[str] = field(default_factory=list)
     timed: str = ""
+    finished: int = 0
 
     @property
     def total(self) -> float:
@@ -74,10 +75,12 @@ class Estimate:
         """The one-line plan (work, then the estimate per stage, then a suggestion when it is long)."""
         w = self.work
         stages = ", ".join(f"{name} {duration(s)}" for name, s in self.seconds.items())
-        text = (f"plan: {self.users:,} users x {self.items:,} items, {self.jobs} jobs; {w.prompts:,} prompts to "
+        jobs = f"{self.jobs} job{'s' if self.jobs != 1 else ''}" + (f" to go ({self.finished} finished)" if self.finished else "")
+        bound = " at most (early stopping usually ends training sooner)" if w.training_samples else ""
+        text = (f"plan: {self.users:,} users x {self.items:,} items, {jobs}; {w.prompts:,} prompts to "
                 f"encode, {w.training_samples:,} training samples, {w.llm_sequences + w.cached_sequences:,} LLM sequence passes, "
                 f"{w.rankings:,} user rankings; encoder {self.encoder}; estimate on {self.processes} x "
-                f"{self.device}: {stages}, total ~{duration(self.total)} ({self.timed})")
+                f"{self.device}: {stages}, total ~{duration(self.total)}{bound} ({self.timed})")
         if self.unknown:
             text += f"; not estimated: {', '.join(self.unknown)}"
         if self.total > LONG_S:
@@ -121,15 +124,17 @@ def _refuse_unaffordable_full_ranking(arm, split, seconds_per_token: float) -> N
 
 
 def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool | None, device: torch.device,
-             processes: int) -> Estimate:
+             processes: int, to_go: dict[str, int] | None = None) -> Estimate:
     """The :class:`Estimate` of ``run_arms`` x ``seeds`` seeds on ``split``.
 
     ``llms`` maps each arm label needing an LLM to its :class:`bench.features.FrozenLLM`; ``encoder_cached`` is
-    ``None`` when no arm needs the encoder.
+    ``None`` when no arm needs the encoder; ``to_go`` (a resumed run) maps arm labels to the number of their
+    seeds still to compute (absent: all ``seeds``), so finished jobs are not estimated again.
     """
     view = SplitView(split)
-    result = Estimate(users=split.n_users - 1, items=split.n_items - 1, jobs=len(run_arms) * seeds,
-                      device=device.type, processes=processes,
+    to_go = {arm.label: seeds for arm in run_arms} | (to_go or {})
+    result = Estimate(users=split.n_users - 1, items=split.n_items - 1, jobs=sum(to_go.values()),
+                      finished=len(run_arms) * seeds - sum(to_go.values()), device=device.type, processes=processes,
                       encoder="not needed" if encoder_cached is None else "cached" if encoder_cached
                       else "to train (not timed)")
     per_rank = time_ranking(split.n_items, run_arms[0].config["eval.chunk_mb"], device) if run_arms else 0.0
@@ -137,13 +142,13 @@ def estimate(run_arms: list, seeds: int, split, llms: dict, encoder_cached: bool
     features = passes = ranking = 0.0
     total = Workload()
     for arm in run_arms:
-        if arm.label in llms and lacks_decoder(arm.cls, llms[arm.label].backbone):
-            continue  # the run skips it (bench.runner)
+        if not to_go[arm.label] or arm.label in llms and lacks_decoder(arm.cls, llms[arm.label].backbone):
+            continue  # finished, or the run skips it (bench.runner)
         work = arm.cls.workload(view, arm.config, arm.options)
         if work is None:
             result.unknown.append(arm.label)
             continue
-        work = work.times(seeds)
+        work = work.times(to_go[arm.label])
         seconds = 0.0
         if arm.label in llms:
             backbone = llms[arm.label].backbone

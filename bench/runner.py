@@ -65,10 +65,19 @@ def dry_run(spec: str, cfg: Config, progress: Callable | None = None, sweep: str
     return _plan_line(shared, run_arms, cfg)
 
 
-def _plan_line(shared: Resources, run_arms: list, cfg: Config) -> str:
+def _plan_line(shared: Resources, run_arms: list, cfg: Config, to_go: dict[str, int] | None = None) -> str:
     found = estimate.estimate(run_arms, len(cfg["seeds"]), shared.split, shared.llms(run_arms),
-                              shared.encoder_cached(run_arms), shared.device, distributed.world().size)
+                              shared.encoder_cached(run_arms), shared.device, distributed.world().size, to_go)
     return found.line()
+
+
+def _to_go(state: RunState, jobs: list) -> dict[str, int]:
+    """Per arm label, how many of its (arm, seed) jobs have no saved result yet."""
+    done = state.finished_indices()
+    to_go = {arm.label: 0 for arm, _ in jobs}
+    for index, (arm, _) in enumerate(jobs):
+        to_go[arm.label] += index not in done
+    return to_go
 
 
 def resume(out: Path, progress: Callable | None = None, argv: list[str] | None = None) -> Path | None:
@@ -121,12 +130,12 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
     shared = Resources(cfg, device, progress, timings, keep_encoder=state.dir)
     if world.is_main:
         state.check_inputs({"split": shared.split.hash, "candidate lists": shared.candidate_hashes})
-    line = _plan_line(shared, run_arms, cfg)
+    jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
+    line = _plan_line(shared, run_arms, cfg, _to_go(state, jobs) if world.is_main else None)
     if world.is_main:
         print(line, file=sys.stderr)
     shared.prepare(run_arms)
     frames, tokens, paradigm_info, skipped, reused, lists = [], [], {}, {}, [], {}
-    jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
             continue

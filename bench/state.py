@@ -96,7 +96,12 @@ class RunState:
 
     def finished_jobs(self) -> int:
         """How many jobs are saved."""
-        return len(list((self.dir / "jobs").glob("*.json"))) if (self.dir / "jobs").is_dir() else 0
+        return len(self.finished_indices())
+
+    def finished_indices(self) -> set[int]:
+        """Indices of the saved jobs (not yet verified: :meth:`load` checks each)."""
+        jobs = self.dir / "jobs"
+        return {int(p.stem) for p in jobs.glob("[0-9]*.json")} if jobs.is_dir() else set()
 
     def discard(self) -> None:
         """Remove the working folder (used when a run fails before any job finished) and the folders above it

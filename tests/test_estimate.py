@@ -7,6 +7,7 @@ import pytest
 from bench import runner
 from bench.config import load_config, with_overrides
 from bench.contract import SplitView
+from bench.contract import Workload
 from bench.estimate import LONG_S, Estimate
 from bench.llm import Backbone
 from bench.registry import get
@@ -91,3 +92,24 @@ def test_a_long_run_is_told_how_to_shorten_it(device):
     assert "accelerate launch" in line
     short = Estimate(users=100, items=10, jobs=1, device="cpu", processes=1, seconds={"ranking": 1.0})
     assert "-- long" not in short.line()
+
+
+def test_a_resumed_run_estimates_only_the_jobs_still_to_go(slice_split):
+    """On --resume the plan line counts the unfinished (paradigm, seed) jobs, says how many are finished, and
+    calls a training estimate an upper bound (early stopping)."""
+    import torch
+    from bench import plan
+    from bench.estimate import estimate
+
+    cfg, split = slice_split
+    arms = plan.arms("pop,sasrec", cfg)
+    fresh = estimate(arms, 3, split, {}, True, torch.device("cpu"), 1)
+    resumed = estimate(arms, 3, split, {}, True, torch.device("cpu"), 1, to_go={"pop": 0, "sasrec": 1})
+    assert (fresh.jobs, fresh.finished, resumed.jobs, resumed.finished) == (6, 0, 1, 5)
+    sasrec_alone = estimate(plan.arms("sasrec", cfg), 1, split, {}, True, torch.device("cpu"), 1)
+    assert resumed.work == sasrec_alone.work and resumed.work.rankings < fresh.work.rankings
+    assert ", 1 job to go (5 finished);" in resumed.line() and "6 jobs;" in fresh.line()
+    assert "at most" not in fresh.line()  # nothing trains
+    trained = Estimate(users=10, items=10, jobs=1, device="cpu", processes=1, seconds={"LLM passes": 60.0},
+                       work=Workload(training_samples=5))
+    assert "total ~60 s at most (early stopping" in trained.line()
