@@ -75,7 +75,8 @@ class Estimate:
         """The one-line plan (work, then the estimate per stage, then a suggestion when it is long)."""
         w = self.work
         stages = ", ".join(f"{name} {duration(s)}" for name, s in self.seconds.items())
-        jobs = f"{self.jobs} job{'s' if self.jobs != 1 else ''}" + (f" to go ({self.finished} finished)" if self.finished else "")
+        jobs = f"{self.jobs} job{'s' if self.jobs != 1 else ''}"
+        jobs += f" to go ({self.finished} finished)" if self.finished else ""
         bound = " at most (early stopping usually ends training sooner)" if w.training_samples else ""
         text = (f"plan: {self.users:,} users x {self.items:,} items, {jobs}; {w.prompts:,} prompts to "
                 f"encode, {w.training_samples:,} training samples, {w.llm_sequences + w.cached_sequences:,} LLM sequence passes, "
