@@ -35,6 +35,23 @@ class _Exploding(_Spy):
         raise RuntimeError("boom")
 
 
+def _register_flaky(needs_encoder: bool = False) -> dict:
+    """Register paradigm "flaky", whose fit fails while the returned ``{"yes": True}`` says so."""
+    failing = {"yes": True}
+
+    class Flaky(_Spy):
+        in_all = False
+
+        def fit(self, split, context):
+            if failing["yes"]:
+                raise RuntimeError("boom")
+            super().fit(split, context)
+
+    Flaky.needs_encoder = needs_encoder
+    registry.register("flaky")(Flaky)
+    return failing
+
+
 @pytest.fixture
 def spies(isolated_paradigms):
     registry.register("spy-a")(type("SpyA", (_Spy,), {}))
@@ -154,17 +171,7 @@ def test_every_job_stores_its_top_k_lists_and_a_resumed_run_keeps_them(spies, sl
         runner.run("spy-a", too_short, tmp_path / "refused")
     cfg = load_config("smoke", overrides=[*slice_overrides, "eval.topk=7", "seeds=[0,1]",
                                           "report.beyond_metrics=[itemcoverage@5,giniindex@7]"])
-    failing = {"yes": True}
-
-    class Flaky(_Spy):
-        in_all = False
-
-        def fit(self, split, context):
-            if failing["yes"]:
-                raise RuntimeError("boom")
-            super().fit(split, context)
-
-    registry.register("flaky")(Flaky)
+    failing = _register_flaky()
     with pytest.raises(RuntimeError, match="boom"):
         runner.run("spy-a,flaky", cfg, tmp_path / "run")
     failing["yes"] = False
@@ -196,17 +203,7 @@ def test_a_resumed_run_uses_the_encoder_its_first_jobs_used_even_without_the_cac
     from bench import encoders
 
     cfg = load_config("smoke", overrides=slice_overrides)
-    failing = {"yes": True}
-
-    class Flaky(_Spy):
-        in_all, needs_encoder = False, True
-
-        def fit(self, split, context):
-            if failing["yes"]:
-                raise RuntimeError("boom")
-            super().fit(split, context)
-
-    registry.register("flaky")(Flaky)
+    failing = _register_flaky(needs_encoder=True)
     with pytest.raises(RuntimeError, match="boom"):
         runner.run("spy-b,flaky", cfg, tmp_path / "run")
     first = SEEN[0][4].item_embeddings.clone()
