@@ -260,8 +260,8 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
     if kept is not None:
         meta = kept.read()
         if meta is None:
-            raise BenchError(f"{kept.path}: the run's saved encoder is corrupt; start the run again without "
-                             "--resume")
+            raise BenchError(f"{kept.path}: the run's saved encoder is corrupt or from another encoder version "
+                             "(the warning above says which); start the run again without --resume")
         return _load(split, cfg, kept.path, meta, kept.key, device)
     key = encoder_key(split, cfg, device)
     entry = CacheEntry(cache_root, "encoders", key, ENCODER_VERSION)
