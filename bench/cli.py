@@ -21,6 +21,7 @@ EPILOG = """examples:
   python -m bench report results/ml-100k/20260101-120000-abcdef123456
   python -m bench report results/ml-100k/20260101-120000-abcdef123456 --set report.ks=5   # adds @5, no rerun
   python -m bench report results/ml-100k/20260101-120000-abcdef123456 --html   # also report.html, one page
+  python -m bench report results/long-run --partial   # an unfinished run's jobs so far -> results/long-run.interim
   python -m bench compare RUN_A RUN_B
   python -m bench leaderboard RUN_A RUN_B RUN_C --out leaderboard.html   # and leaderboard.md beside it
 """
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="report with another report.* setting, repeatable, e.g. --set report.ks=5 (more K in "
                           "metrics.json) or --set 'report.metrics=[ndcg@5, hit@100]'; metrics are computed from "
                           "the saved ranks, and the run's config.yaml is left as it is")
+    rep.add_argument("--partial", action="store_true",
+                     help="RUN_DIR is an unfinished run (the --out of a run that was interrupted or is still going "
+                          "on): write the jobs finished so far as a run directory RUN_DIR.interim beside it, marked "
+                          "interim, and report that; the run itself is not touched and --resume continues it")
     rep.add_argument("--html", action="store_true",
                      help="also write RUN_DIR/report.html: one self-contained page (results tables with sortable "
                           "columns and significance superscripts, significance heatmaps, plots, validation, prompt "
@@ -236,8 +241,13 @@ def _space_text(spec: tuple) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import report
 
-    built = report.build(args.run_dir, args.overrides)
-    print((args.run_dir / "results.md").read_text())
+    run_dir = args.run_dir
+    if args.partial:
+        from bench import runner
+
+        run_dir = runner.interim(run_dir, _progress(True))
+    built = report.build(run_dir, args.overrides)
+    print((run_dir / "results.md").read_text())
     if args.html:
         from bench import html
 

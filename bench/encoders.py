@@ -248,13 +248,13 @@ def encoder_key(split: Split, cfg: Config, device: str = "cpu") -> str:
 
 
 def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cpu", progress=None,
-                  pinned: Path | None = None) -> Encoder:
+                  pinned: Path | None = None, train: bool = True) -> Encoder | None:
     """The frozen encoder for (split, encoder config): from the cache, or trained now and cached.
 
     ``pinned``: a folder that keeps a verified copy of the encoder a run started with (a run's working folder).
     When it holds one, that copy is loaded whatever the cache holds, so a run resumed on another machine (or
     after the cache was cleared) finishes with the encoder its first jobs used instead of a retrained one;
-    otherwise the encoder is copied there.
+    otherwise the encoder is copied there. ``train=False``: ``None`` instead of training one (nothing is copied).
     """
     kept = _pinned_entry(pinned)
     if kept is not None:
@@ -266,6 +266,8 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
     key = encoder_key(split, cfg, device)
     entry = CacheEntry(cache_root, "encoders", key, ENCODER_VERSION)
     meta = entry.read()
+    if meta is None and not train:
+        return None
     if meta is None:
         with entry.write() as pending:
             pending.data.update(_train(split, cfg, pending.path, cache_root / "recbole-logs" / key, device,

@@ -193,13 +193,25 @@ def _extras(row: pd.Series, with_samples: bool) -> list[str]:
     return [params, *samples, tokens, seconds]
 
 
+def _interim_md(manifest) -> list[str]:
+    """The warning atop an interim report of an unfinished run (``bench report OUT --partial``)."""
+    partial = manifest.partial
+    if not partial:
+        return []
+    missing = partial["missing"]
+    shown = ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else "")
+    return [f"**Interim: {partial['finished']} of {partial['jobs']} (paradigm, seed) jobs have finished.** "
+            "Paradigms with fewer seeds are averaged over the seeds they have; numbers change as the run goes on."
+            + (f" Still to run: {shown}." if missing else ""), ""]
+
+
 def results_md(run: Run, parts: list[ProtocolReport]) -> str:
     """Markdown results: the main protocol's table with superscript letters and the run's identity, a section per
     other protocol, where the protocols order the paradigms differently, the validation table and the prompt-cost
     table."""
     manifest, main = run.manifest, parts[0]
     family = "the run" if len(parts) == 1 else "the protocol"
-    lines = [f"# Results: {manifest.dataset}", "",
+    lines = [f"# Results: {manifest.dataset}", ""] + _interim_md(manifest) + [
              _caption(main.view, main.metrics, family), "",
              f"- split `{manifest.split_hash}`, config `{manifest.config_hash}`, "
              f"encoder `{(manifest.encoder or {}).get('key', 'none')}`",

@@ -101,14 +101,16 @@ class Resources:
             self.candidate_hashes = candidates_hash(self.candidates)
         world().check_same(self.candidate_hashes, "candidate lists")
 
-    def prepare(self, run_arms: list) -> None:
-        """Load what the arms need before the first job: every backbone, and the encoder."""
+    def prepare(self, run_arms: list, train: bool = True) -> None:
+        """Load what the arms need before the first job: every backbone, and the encoder (``train=False``: only
+        one that is kept or cached; else it stays ``None``)."""
         self.llms(run_arms)
         if any(a.cls.needs_encoder for a in run_arms) and self.encoder is None:
             with self.timings("encoder"), world().main_first():
                 self.encoder = load_or_train(self.split, self.cfg, self.cache_root, str(self.device), self.progress,
-                                             self.keep_encoder)
-            world().check_same(float(self.encoder.item_embeddings.double().sum()), "encoder weights")
+                                             self.keep_encoder, train)
+            if self.encoder is not None:
+                world().check_same(float(self.encoder.item_embeddings.double().sum()), "encoder weights")
 
     def llms(self, run_arms: list) -> dict[str, FrozenLLM]:
         """The frozen LLM of every arm that needs one, by arm label (backbones load on first use)."""

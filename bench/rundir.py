@@ -105,7 +105,8 @@ class Manifest:
     """What a run did. ``paradigms`` maps each label to its record: ``paradigm``, ``version``, ``options``,
     ``description``, ``sweep_value`` and ``seeds`` (seed -> the job's info: ``trainable_parameters``,
     ``fit_seconds``, ``score_seconds``, ``training``); ``protocols`` each sampled protocol's candidate lists
-    (``sampling``, ``negatives``, ``seed``, ``hash``)."""
+    (``sampling``, ``negatives``, ``seed``, ``hash``); ``partial`` only in an interim report of an unfinished run
+    (``finished`` and ``jobs`` counts, ``missing`` jobs as ``LABEL/seedN``)."""
 
     created: str
     command: str | None
@@ -126,6 +127,7 @@ class Manifest:
     resumed_jobs: list = field(default_factory=list)
     resumed_by: str | None = None
     protocols: dict = field(default_factory=dict)
+    partial: dict | None = None
     format_version: int = FORMAT_VERSION
 
     @classmethod

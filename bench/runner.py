@@ -16,6 +16,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +95,19 @@ def resume(out: Path, progress: Callable | None = None, argv: list[str] | None =
                                             resumed_by=argv))
 
 
+def interim(out: Path, progress: Callable | None = None) -> Path:
+    """Write the jobs of the unfinished run to ``out`` that are saved so far as a run directory
+    ``OUT.interim`` beside it (replaced on each call; its manifest's ``partial`` names the missing jobs), and
+    return it; :func:`bench.report.build` makes its tables. Nothing is computed and the working folder is left
+    as it is, so this works while the run goes on, and ``--resume`` continues the run afterwards."""
+    state = RunState(out)
+    cfg, saved = state.saved_plan()
+    sweep = plan.parse_sweep(saved.get("sweep"))
+    run_arms = plan.arms(saved["spec"], cfg, sweep)
+    return _execute(state, cfg, run_arms, sweep, progress, saved.get("argv"),
+                    interim_to=state.out.parent / f"{state.out.name}.interim")
+
+
 def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
     """Run ``body``; on failure keep the working folder only if it holds finished jobs worth resuming."""
     try:
@@ -122,20 +136,23 @@ def _unavailable(arm, shared: Resources) -> str | None:
             "run it with --llm smollm2-135m")
 
 
-def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None) -> Path:
-    """Compute (or reuse) every (arm, seed) job, then write the run directory (rank 0)."""
+def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv, resumed_by=None,
+             interim_to: Path | None = None) -> Path:
+    """Compute (or reuse) every (arm, seed) job, then write the run directory (rank 0). With ``interim_to``
+    nothing is computed: the saved jobs are written there as a run directory (:func:`interim`)."""
     world = distributed.world()
-    device = pick_device(cfg["device"], world)
+    device = pick_device(cfg["device"], world) if interim_to is None else torch.device("cpu")
     timings = Timings()
     shared = Resources(cfg, device, progress, timings, keep_encoder=state.dir)
-    if world.is_main:
-        state.check_inputs({"split": shared.split.hash, "candidate lists": shared.candidate_hashes})
     jobs = [(arm, seed) for seed in cfg["seeds"] for arm in run_arms]
-    line = _plan_line(shared, run_arms, cfg, _to_go(state, jobs) if world.is_main else None)
-    if world.is_main:
-        print(line, file=sys.stderr)
-    shared.prepare(run_arms)
-    frames, tokens, paradigm_info, skipped, reused, lists = [], [], {}, {}, [], {}
+    if interim_to is None:
+        if world.is_main:
+            state.check_inputs({"split": shared.split.hash, "candidate lists": shared.candidate_hashes})
+        line = _plan_line(shared, run_arms, cfg, _to_go(state, jobs) if world.is_main else None)
+        if world.is_main:
+            print(line, file=sys.stderr)
+    shared.prepare(run_arms, train=interim_to is None)
+    frames, tokens, paradigm_info, skipped, reused, lists, missing = [], [], {}, {}, [], {}, []
     for index, (arm, seed) in enumerate(jobs):
         if arm.label in skipped:
             continue
@@ -148,6 +165,9 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
         job = state.load(index, arm.label, seed, arm.cls.version) if world.is_main else None
         if world.broadcast(job is not None):
             reused.append(f"{arm.label}/seed{seed}")
+        elif interim_to is not None:
+            missing.append(f"{arm.label}/seed{seed}")
+            continue
         else:
             try:
                 job = run_job(arm, seed, shared, timings)
@@ -167,12 +187,17 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
                      _llm_record(shared.llm_for(arm.config)) if arm.cls.needs_llm else None)
 
     def finish() -> Path:
+        if not frames and interim_to is not None:
+            raise BenchError(f"{state.dir}: no job has finished yet; nothing to report")
         if not frames:
             raise BenchError("no paradigm could run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        partial = None if interim_to is None else {"finished": len(reused), "jobs": len(jobs), "missing": missing}
         manifest = _manifest(cfg, shared, device, timings, paradigm_info, argv,
-                             skipped=skipped, sweep=plan.sweep_record(sweep, run_arms), resumed_jobs=reused,
-                             resumed_by=" ".join(resumed_by) if resumed_by else None)
-        return _write_run(state, pd.concat(frames, ignore_index=True), tokens, manifest, shared, lists)
+                             skipped=skipped, sweep=plan.sweep_record(sweep, run_arms),
+                             resumed_jobs=reused if interim_to is None else [],
+                             resumed_by=" ".join(resumed_by) if resumed_by else None, partial=partial)
+        files = (pd.concat(frames, ignore_index=True), tokens, manifest, shared, lists)
+        return _write_run(state, *files) if interim_to is None else _write_interim(state, interim_to, *files)
 
     # The other ranks wait for rank 0's writing, so every process leaves the process group at the same point
     # (a gloo rank that tore its group down while a peer was still busy could abort at exit).
@@ -271,17 +296,38 @@ def _llm_record(llm) -> dict:
             "token_budget": llm.token_budget}
 
 
+def _fill(folder: Path, per_user: pd.DataFrame, tokens: list, manifest: Manifest, shared: Resources,
+          lists: dict, tables: bool = True) -> None:
+    """Write a run directory's files into ``folder`` (which holds its ``config.yaml``) and build its tables."""
+    split = shared.split
+    Run.write(folder, per_user, tokens, manifest,
+              TopLists(split.user_ids[split.users], split.item_ids, split.popularity,
+                       {stage: split.target(stage)[split.users] for stage in STAGES}, lists) if lists else None)
+    if shared.candidates:
+        save_candidates(folder / "candidates.npz", shared.split, shared.candidates)
+    if tables:
+        report.build(folder)
+
+
+def _write_interim(state: RunState, dest: Path, *files) -> Path:
+    """The run directory of the saved jobs, built beside ``dest`` and renamed over it; the working folder is
+    only read."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        shutil.copy2(state.dir / "config.yaml", tmp / "config.yaml")
+        _fill(tmp, *files, tables=False)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def _write_run(state: RunState, per_user: pd.DataFrame, tokens: list, manifest: Manifest,
                shared: Resources, lists: dict) -> Path:
     """Write the final files into the working folder, build the tables, and rename it to the run directory."""
     tmp, out = state.dir, state.out  # config.yaml is already there (RunState.start)
-    split = shared.split
-    Run.write(tmp, per_user, tokens, manifest,
-              TopLists(split.user_ids[split.users], split.item_ids, split.popularity,
-                       {stage: split.target(stage)[split.users] for stage in STAGES}, lists) if lists else None)
-    if shared.candidates:
-        save_candidates(tmp / "candidates.npz", shared.split, shared.candidates)
-    report.build(tmp)
+    _fill(tmp, per_user, tokens, manifest, shared, lists)
     shutil.rmtree(tmp / "jobs")
     shutil.rmtree(tmp / "encoders", ignore_errors=True)  # the manifest names it; the cache keeps it
     (tmp / "plan.json").unlink()

@@ -61,6 +61,13 @@ class RunState:
 
     def resume(self) -> tuple[Config, dict]:
         """The config and plan of the interrupted run; an error when there is nothing (valid) to resume."""
+        cfg, plan = self.saved_plan()
+        for leftover in self.dir.rglob(".*.tmp"):
+            leftover.unlink(missing_ok=True)  # every rank of a distributed run resumes
+        return cfg, plan
+
+    def saved_plan(self) -> tuple[Config, dict]:
+        """The config and plan of the unfinished run, read without changing anything (the run may be going on)."""
         if data_file(self.out, "per_user.csv").is_file():
             raise BenchError(f"--resume {self.out}: this run already finished; `bench report {self.out}` rebuilds "
                              "its tables")
@@ -76,8 +83,6 @@ class RunState:
         if plan.get("state_version") != STATE_VERSION or plan.get("config_hash") != cfg.hash:
             raise BenchError(f"--resume {self.out}: the run was started by another version of bench (its config "
                              "no longer resolves to the same hash); start it again without --resume")
-        for leftover in self.dir.rglob(".*.tmp"):
-            leftover.unlink(missing_ok=True)  # every rank of a distributed run resumes
         return cfg, plan
 
     def check_inputs(self, inputs: dict) -> None:

@@ -225,3 +225,36 @@ def test_a_resumed_run_uses_the_encoder_its_first_jobs_used_even_without_the_cac
     (copy / "model.pt").write_bytes(b"not a model")
     with pytest.warns(UserWarning, match="corrupt"), pytest.raises(BenchError, match="saved encoder is corrupt"):
         runner.resume(tmp_path / "copy")
+
+
+def test_an_interim_report_shows_the_finished_jobs_and_leaves_the_run_resumable(spies, slice_overrides, tmp_path):
+    """`bench report OUT --partial`: the saved jobs become a run directory OUT.interim whose manifest and
+    results.md name the missing jobs; nothing is computed, the working folder (a write in flight included) is
+    untouched, and the run then resumes to the same rows."""
+    from bench import report
+    from bench.cli import main
+
+    cfg = load_config("smoke", overrides=[*slice_overrides, "seeds=[0,1]"])
+    failing = _register_flaky()
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.run("spy-a,flaky", cfg, tmp_path / "run")
+    work = tmp_path / ".run.partial"
+    in_flight = work / "jobs" / ".0003.json.abc.tmp"  # another process may be writing a job right now
+    in_flight.write_text("{")
+    before = sorted(p.name for p in work.rglob("*"))
+    fitted = len(SEEN)
+    assert main(["report", str(tmp_path / "run"), "--partial"]) == 0
+    interim = tmp_path / "run.interim"
+    assert len(SEEN) == fitted and sorted(p.name for p in work.rglob("*")) == before
+    manifest = json.loads((interim / "manifest.json").read_text())
+    assert manifest["partial"] == {"finished": 1, "jobs": 4, "missing": ["flaky/seed0", "spy-a/seed1",
+                                                                         "flaky/seed1"]}
+    assert "Interim: 1 of 4 (paradigm, seed) jobs" in (interim / "results.md").read_text()
+    rows = pd.read_csv(interim / "per_user.csv", dtype={"user": str})
+    assert set(zip(rows["paradigm"], rows["seed"])) == {("spy-a", 0)}
+    report.build(interim)  # a run directory like any other
+    failing["yes"] = False
+    out = runner.resume(tmp_path / "run")
+    final = pd.read_csv(out / "per_user.csv", dtype={"user": str}).query("paradigm == 'spy-a' and seed == 0")
+    pd.testing.assert_frame_equal(final.reset_index(drop=True), rows)
+    assert json.loads((out / "manifest.json").read_text())["partial"] is None
