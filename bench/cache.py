@@ -109,6 +109,11 @@ class CacheEntry:
         shutil.rmtree(self.path, ignore_errors=True)
         return None
 
+    def problem(self) -> str | None:
+        """What is wrong with the entry (missing, corrupt, stale), or None when it verifies; nothing is deleted."""
+        meta_file = self.path / "meta.json"
+        return self._problem(meta_file) if meta_file.is_file() else "missing (no meta.json)"
+
     def _problem(self, meta_file: Path) -> str | None:
         try:
             meta = json.loads(meta_file.read_text())

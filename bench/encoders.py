@@ -254,15 +254,16 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
     ``pinned``: a folder that keeps a verified copy of the encoder a run started with (a run's working folder).
     When it holds one, that copy is loaded whatever the cache holds, so a run resumed on another machine (or
     after the cache was cleared) finishes with the encoder its first jobs used instead of a retrained one;
-    otherwise the encoder is copied there. ``train=False``: ``None`` instead of training one (nothing is copied).
+    otherwise the encoder is copied there. ``train=False`` (reading a run, not running it): ``None`` instead of
+    training one, and nothing is copied to ``pinned``.
     """
     kept = _pinned_entry(pinned)
     if kept is not None:
-        meta = kept.read()
-        if meta is None:
-            raise BenchError(f"{kept.path}: the run's saved encoder is corrupt or from another encoder version "
-                             "(the warning above says which); start the run again without --resume")
-        return _load(split, cfg, kept.path, meta, kept.key, device)
+        problem = kept.problem()  # a bad copy is kept, so no later resume silently trains another encoder
+        if problem:
+            raise BenchError(f"{kept.path}: the run's saved encoder is {problem}; start the run again without "
+                             "--resume")
+        return _load(split, cfg, kept.path, kept.read(), kept.key, device)
     key = encoder_key(split, cfg, device)
     entry = CacheEntry(cache_root, "encoders", key, ENCODER_VERSION)
     meta = entry.read()
@@ -273,7 +274,7 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
             pending.data.update(_train(split, cfg, pending.path, cache_root / "recbole-logs" / key, device,
                                        progress))
         meta = entry.read()
-    if pinned is not None:
+    if pinned is not None and train:
         entry.copy_to(Path(pinned) / "encoders" / key)
     return _load(split, cfg, entry.path, meta, key, device)
 
