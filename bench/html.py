@@ -262,6 +262,10 @@ def manifest_facts(run: Run) -> list[tuple[str, str]]:
              ("created", esc(f"{manifest.created}, git {manifest.git_commit or 'unknown'}")),
              ("machine", esc(", ".join(str(x) for x in (hardware.get("device"), hardware.get("cpu_count") and
                                                          f"{hardware['cpu_count']} CPUs", versions) if x)))]
+    if manifest.partial:  # an interim report of an unfinished run (bench report OUT --partial)
+        done = manifest.partial
+        items.insert(0, ("interim", esc(f"{done['finished']} of {done['jobs']} (paradigm, seed) jobs have finished; "
+                                        f"still to run: {', '.join(done['missing']) or 'none'}")))
     if manifest.sweep:
         sweep = manifest.sweep
         items.insert(7, ("sweep", esc(f"{sweep.get('key')} = {', '.join(map(str, sweep.get('values', [])))}")))

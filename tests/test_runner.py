@@ -245,8 +245,10 @@ def test_an_interim_report_shows_the_finished_jobs_and_leaves_the_run_resumable(
     in_flight.write_text("{")
     before = sorted(p.name for p in work.rglob("*"))
     fitted = len(SEEN)
-    assert main(["report", str(tmp_path / "run"), "--partial"]) == 0
+    assert main(["report", str(tmp_path / "run"), "--partial", "--html"]) == 0
     interim = tmp_path / "run.interim"
+    assert "1 of 4 (paradigm, seed) jobs have finished; still to run: flaky/seed0" in (
+        interim / "report.html").read_text()
     assert len(SEEN) == fitted and sorted(p.name for p in work.rglob("*")) == before
     manifest = json.loads((interim / "manifest.json").read_text())
     assert manifest["partial"] == {"finished": 1, "jobs": 4, "missing": ["flaky/seed0", "spy-a/seed1",
