@@ -76,6 +76,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; on success it replaces ``path`` (and what was there) in one
+    rename, on an exception it is deleted and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def missing_folders(path: Path) -> list[Path]:
     """``path`` and its ancestors that do not exist yet, deepest first: what creating ``path`` would add, and what
     :func:`remove_empty` takes away again after a failure."""
@@ -149,15 +164,8 @@ class CacheEntry:
 
     def copy_to(self, dest: Path) -> None:
         """Copy this (verified) entry's folder to ``dest`` atomically, replacing what is there."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-        try:
+        with atomic_folder(dest) as tmp:
             shutil.copytree(self.path, tmp, dirs_exist_ok=True)
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

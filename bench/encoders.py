@@ -257,7 +257,7 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
     otherwise the encoder is copied there. ``train=False`` (reading a run, not running it): ``None`` instead of
     training one, and nothing is copied to ``pinned``.
     """
-    kept = _pinned_entry(pinned)
+    kept = kept_entry(pinned)
     if kept is not None:
         problem = kept.problem()  # a bad copy is kept, so no later resume silently trains another encoder
         if problem:
@@ -279,10 +279,12 @@ def load_or_train(split: Split, cfg: Config, cache_root: Path, device: str = "cp
     return _load(split, cfg, entry.path, meta, key, device)
 
 
-def _pinned_entry(pinned: Path | None) -> CacheEntry | None:
-    """The encoder entry kept in ``pinned/encoders/`` (at most one), or None."""
-    folder = Path(pinned) / "encoders" if pinned is not None else None
-    found = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder and folder.is_dir() else []
+def kept_entry(pinned: Path | None) -> CacheEntry | None:
+    """The encoder entry a run keeps in ``pinned/encoders/`` (at most one; see :func:`load_or_train`), or None."""
+    if pinned is None or not (Path(pinned) / "encoders").is_dir():
+        return None
+    folder = Path(pinned) / "encoders"
+    found = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     if len(found) > 1:
         raise BenchError(f"{folder}: holds {len(found)} encoders, a run keeps one; start it again without --resume")
     return CacheEntry(folder.parent, "encoders", found[0].name, ENCODER_VERSION) if found else None

@@ -20,7 +20,7 @@ import torch
 from bench.cache import default_cache_root
 from bench.config import Config
 from bench.distributed import World, world
-from bench.encoders import Encoder, encoder_key, load_or_train
+from bench.encoders import Encoder, encoder_key, kept_entry, load_or_train
 from bench.errors import BenchError
 from bench.features import FeatureStore, FrozenLLM
 from bench.llm import Backbone, load_backbone
@@ -121,8 +121,8 @@ class Resources:
         if not any(a.cls.needs_encoder for a in run_arms):
             return None
         key = encoder_key(self.split, self.cfg, str(self.device))
-        kept = self.keep_encoder is not None and any((Path(self.keep_encoder) / "encoders").glob("*/meta.json"))
-        return self.encoder is not None or kept or (self.cache_root / "encoders" / key / "meta.json").is_file()
+        return (self.encoder is not None or kept_entry(self.keep_encoder) is not None
+                or (self.cache_root / "encoders" / key / "meta.json").is_file())
 
     def llm_for(self, cfg: Config) -> FrozenLLM:
         """The frozen LLM for an arm's config: its backbone loaded once per (backbone, dtype)."""

@@ -16,7 +16,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ import pandas as pd
 import torch
 
 from bench import beyond, distributed, estimate, metrics, plan, registry, report
+from bench.cache import atomic_folder
 from bench.config import Config, suggest
 from bench.contract import lacks_decoder
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
@@ -312,14 +312,9 @@ def _fill(folder: Path, per_user: pd.DataFrame, tokens: list, manifest: Manifest
 def _write_interim(state: RunState, dest: Path, *files) -> Path:
     """The run directory of the saved jobs, built beside ``dest`` and renamed over it; the working folder is
     only read."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+    with atomic_folder(dest) as tmp:
         shutil.copy2(state.dir / "config.yaml", tmp / "config.yaml")
         _fill(tmp, *files, tables=False)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
