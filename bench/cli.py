@@ -178,20 +178,20 @@ RUN_OPTIONS = ("paradigms", "dataset", "data_dir", "preset", "config", "override
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_config
-    from bench.runner import dry_run, resume, run
 
     argv = args.argv
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS if getattr(args, name)]
         if given:
             raise BenchError(f"--resume takes the interrupted run's paradigms and config; drop {', '.join(given)}")
+        from bench.runner import resume
         out = resume(args.resume, _progress(args.quiet), argv)
-    elif args.dry_run:
-        cfg = load_config(args.preset or "default", args.config, _overrides(args))
-        print(dry_run(args.paradigms or "all", cfg, _progress(args.quiet), sweep=args.sweep))
-        return 0
     else:
         cfg = load_config(args.preset or "default", args.config, _overrides(args))
+        from bench.runner import dry_run, run  # after the config: a config error needs no torch import (seconds)
+        if args.dry_run:
+            print(dry_run(args.paradigms or "all", cfg, _progress(args.quiet), sweep=args.sweep))
+            return 0
         out = run(args.paradigms or "all", cfg, args.out, _progress(args.quiet), argv=argv, sweep=args.sweep)
     if out is None:  # a rank other than 0 of a distributed run: rank 0 reports
         return 0
@@ -319,16 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_rank_tag()}failed: {type(exc).__name__}: {first[:300]}", file=sys.stderr)
         return 1
     finally:
-        from bench.distributed import shutdown
-
-        shutdown()
+        if "bench.distributed" in sys.modules:  # else no process group was ever started
+            sys.modules["bench.distributed"].shutdown()
 
 
 def _rank_tag() -> str:
     """``"rank R of N: "`` in a distributed run, else ``""``."""
-    from bench.distributed import world
-
-    current = world()
+    if "bench.distributed" not in sys.modules:  # a run imports it before it can join a process group
+        return ""
+    current = sys.modules["bench.distributed"].world()
     return f"rank {current.rank} of {current.size}: " if current.distributed else ""
 
 

@@ -181,7 +181,7 @@ def _freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
     """Convert a GGUF file once into a safetensors folder in the cache (transformers cannot save GGUF models)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     key = f"{gguf.stem}-{file_sha256(gguf)[:16]}"
     entry = CacheEntry(cache_root, "llm", key, LLM_VERSION)
@@ -189,7 +189,9 @@ def _gguf_folder(gguf: Path, cache_root: Path, progress=None) -> Path:
         print(f"converting {gguf.name} to safetensors (once; about a minute)", flush=True)
         with entry.write() as pending:
             loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-            config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # the loaded config without its GGUF quantisation: parsing the file again would take seconds
+            fields = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+            config = loaded.config.__class__.from_dict({**fields, "dtype": None})
             fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             fresh.load_state_dict(loaded.state_dict())
             fresh.save_pretrained(pending.path)

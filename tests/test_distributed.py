@@ -1,6 +1,6 @@
 """Distributed runs: the same `bench run` under torchrun with 2 CPU processes (gloo) against 1 process.
 
-What holds on the ml-100k slice (smoke preset, float32): the same users and *equal* ranks for pop, sasrec,
+What holds on the ml-100k slice (smoke preset with one training epoch, float32): the same users and *equal* ranks for pop, sasrec,
 id-translation and ra-rec (training losses agree to ~1e-7, float summation order; no rank moved). The runs are
 float32 because bfloat16 rounding depends on how rows are batched, and sharding batches them differently: there
 the ranks agree up to rounding (one rank of 480 moved by one on this CPU). Caches built by one world size
@@ -33,7 +33,7 @@ def free_port() -> int:
 def bench_run(processes: int, out, cache, fixtures_dir, paradigms=PARADIGMS, env=None, timeout=600):
     """``bench run`` on the ml-100k slice, in one process or under torchrun with ``processes`` processes."""
     args = ["-m", "bench", "run", "--paradigms", paradigms, "--dataset", "ml-slice", "--data-dir",
-            str(fixtures_dir), "--preset", "smoke", "--set", "llm.dtype=float32", "--out", str(out), "--quiet"]
+            str(fixtures_dir), "--preset", "smoke", "--set", "llm.dtype=float32", "--set", "train.epochs=1", "--out", str(out), "--quiet"]
     if processes > 1:
         args = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
                 "--master-port", str(free_port()), *args]
