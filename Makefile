@@ -17,8 +17,12 @@ run: setup
 smoke: setup
 	$(PY) -m bench run --paradigms $(PARADIGMS) --dataset $(DATASET) --preset smoke $(ARGS)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), one test file per process so a module's fixtures are built
+# once, and one thread per process unless OMP_NUM_THREADS says otherwise: much of the suite is single-threaded
+# (Python, subprocess start-up), so 2 workers on 2 cores halve its time. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 perf: setup
 	$(PY) -m pytest tests/perf -p no:cacheprovider -s --override-ini="addopts=-q"

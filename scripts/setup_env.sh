@@ -32,7 +32,8 @@ pip_install --no-deps peft==0.21.2
 # optuna (bench tune) with the SQLite study storage it keeps (sqlalchemy, alembic, mako); its other needs are above.
 pip_install --no-deps optuna==5.0.0 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3
 # 4. Plots and tests (websocket-client: the browser test talks to headless Chromium over the DevTools protocol).
-pip_install matplotlib==3.11.2 seaborn==0.13.2 pytest==9.2.0 hypothesis==6.170.17 websocket-client==1.9.2
+pip_install matplotlib==3.11.2 seaborn==0.13.2 pytest==9.2.0 hypothesis==6.170.17 websocket-client==1.9.2 \
+  pytest-xdist==3.8.0 execnet==2.1.2  # make test runs the suite in 2 worker processes
 # ranx: only `bench export`'s test reads the exported files with it (pip install 'bench[export]' for users).
 pip_install ranx==0.3.21 numba==0.68.1 llvmlite==0.50.0
 # 5. bench itself, editable, without touching the pins above.
