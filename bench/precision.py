@@ -18,14 +18,34 @@ class Precision(NamedTuple):
     reason: str
 
 
+#: The instruction-set flags that decide which float32 and bfloat16 kernels PyTorch runs on a CPU.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo`` (Linux), else ``""``."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 matrix products natively: the ``avx512_bf16`` or ``amx_bf16`` flag
     in ``/proc/cpuinfo`` (Linux; elsewhere False, so float32). Without them bfloat16 is emulated and slower."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(set(_cpuinfo().split()) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_description() -> dict:
+    """The CPU as a manifest records it: ``cpu_model`` (``/proc/cpuinfo``'s model name, ``None`` where unknown),
+    ``cpu_capability`` (the vector instruction set PyTorch dispatches to, e.g. ``AVX512``) and ``cpu_flags`` (which
+    of :data:`KERNEL_FLAGS` it has). Two CPUs that differ here may run other kernels, and the same run then gives
+    ranks that differ in the last bits of a score (near-ties order differently): bit-identical reruns need the same."""
+    info = _cpuinfo()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    flags = set(info.split())
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": [flag for flag in KERNEL_FLAGS if flag in flags]}
 
 
 def resolve_dtype(value: str, device: torch.device, key: str = "llm.dtype",

@@ -29,6 +29,7 @@ from bench.config import Config, suggest
 from bench.contract import lacks_decoder
 from bench.errors import BenchError, ParadigmUnavailable, RunInterrupted
 from bench.evaluation import run_job
+from bench.precision import cpu_description
 from bench.protocols import save_candidates
 from bench.resources import Resources, Timings, pick_device
 from bench.rundir import Manifest, Run, TopLists
@@ -257,7 +258,7 @@ def _manifest(cfg: Config, shared: Resources, device: torch.device, timings: Tim
     first = next((entry["llm"] for entry in paradigm_info.values() if entry["llm"]), None)
     hardware = {"platform": platform.platform(), "processor": platform.machine(), "cpu_count": os.cpu_count(),
                 "torch_threads": torch.get_num_threads(), "device": str(device),
-                "processes": distributed.world().size}
+                "processes": distributed.world().size, **cpu_description()}
     if device.type == "cuda":
         hardware["gpu"] = torch.cuda.get_device_name(device)
     return Manifest(

@@ -58,6 +58,8 @@ def test_run_directory_has_every_file_in_the_documented_format(smoke_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["split_hash"] == metrics["split_hash"] and manifest["encoder"]["model"] == "SASRec"
     assert {"split", "encoder", "pop/seed0/fit", "sasrec/seed1/score_test"} <= set(manifest["timings_seconds"])
+    from bench.precision import cpu_description
+    assert {k: manifest["hardware"][k] for k in ("cpu_model", "cpu_capability", "cpu_flags")} == cpu_description()
     table = (out / "results.md").read_text()
     assert "| pop |" in table and "| sasrec |" in table and "| HR@100 | NDCG@10 |" in table
     assert "| pop |" in result.stdout

@@ -34,6 +34,20 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     assert not precision.cpu_has_native_bfloat16()
 
 
+def test_the_manifest_names_the_cpu_and_the_kernel_flags_it_has(monkeypatch, tmp_path):
+    """Kernels differ between CPUs, so a run records which CPU it ran on (model, PyTorch's ISA, kernel flags)."""
+    monkeypatch.setattr(precision, "Path", lambda _: tmp_path / "cpuinfo")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 fma avx512f "
+                                      "avx512_bf16 sse4_2\n")
+    described = precision.cpu_description()
+    assert described["cpu_model"] == "AMD EPYC 9R14" and described["cpu_flags"] == ["avx2", "fma", "avx512f",
+                                                                                     "avx512_bf16"]
+    assert described["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    (tmp_path / "cpuinfo").unlink()  # not Linux: nothing known but PyTorch's ISA
+    assert precision.cpu_description() | {"cpu_capability": None} == {"cpu_model": None, "cpu_capability": None,
+                                                                       "cpu_flags": []}
+
+
 def _attention_ops(model, ids, mask, prefixes=None) -> set[str]:
     """Names of the attention kernels one forward + backward pass of ``model`` runs (torch.profiler)."""
     from torch.profiler import profile
