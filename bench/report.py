@@ -470,16 +470,34 @@ def compare_runs(dir_a: Path, dir_b: Path, protocol: str | None = None) -> tuple
     if not common:
         raise BenchError(f"{dir_a} and {dir_b} have no paradigm in common; `bench compare` tests the same "
                          "paradigm across two runs")
-    rows_b = run_b.with_metrics(metrics)
+    rows_a, rows_b, seeds_note = _on_common_seeds(run_a.per_user, run_b.with_metrics(metrics))
     matrices = {}
     for metric in metrics:
-        left = stats.user_matrix(run_a.per_user, metric)[common].add_prefix("A:")
+        left = stats.user_matrix(rows_a, metric)[common].add_prefix("A:")
         right = stats.user_matrix(rows_b, metric)[common].add_prefix("B:")
         matrices[metric] = left.join(right, how="inner")
     cfg = run_a.config
     table = stats.compare_pairs(matrices, [(f"A:{p}", f"B:{p}") for p in common], cfg["report.bootstrap"],
                                 cfg["report.seed"], cfg["report.test"])
+    table.attrs["seeds"] = seeds_note
     return table, cfg["report.alpha"]
+
+
+def _on_common_seeds(rows_a: pd.DataFrame, rows_b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Both runs' per-user rows on the seeds they share, and a line saying which seeds were compared. A seed's
+    training draws and tie-breaks differ from another's, so comparing run A's seed 1 with run B's mean over
+    seeds 0-2 would count seed variance as a difference between the runs. Runs with no seed in common (a
+    replication on new seeds) keep all their rows, each averaged over its own seeds, and the line says so."""
+    seeds_a, seeds_b = sorted(set(rows_a["seed"])), sorted(set(rows_b["seed"]))
+    common = [seed for seed in seeds_a if seed in seeds_b]
+    listed = lambda seeds: ", ".join(map(str, seeds))  # noqa: E731
+    if not common:
+        return rows_a, rows_b, (f"seeds: none in common (A {listed(seeds_a)}, B {listed(seeds_b)}); each run's "
+                                "per-user values are averaged over its own seeds")
+    note = f"seeds: {listed(common)}"
+    if seeds_a != seeds_b:
+        note += f" (the seeds both runs have; A has {listed(seeds_a)}, B {listed(seeds_b)})"
+    return rows_a[rows_a["seed"].isin(common)], rows_b[rows_b["seed"].isin(common)], note
 
 
 def _p(value: float) -> str:
@@ -489,7 +507,7 @@ def _p(value: float) -> str:
 
 def compare_md(table: pd.DataFrame, dir_a: Path, dir_b: Path, alpha: float) -> str:
     """Markdown view of :func:`compare_runs`' table (``n/a``: a test undefined for these values)."""
-    lines = [f"A = {dir_a}", f"B = {dir_b}", "",
+    lines = [f"A = {dir_a}", f"B = {dir_b}", *([table.attrs["seeds"]] if "seeds" in table.attrs else []), "",
              "| metric | paradigm | A | B | A - B | 95% CI | rel. % | t p | Wilcoxon p | Holm p | wins/ties/losses |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for row in table.itertuples(index=False):

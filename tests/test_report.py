@@ -260,6 +260,27 @@ def test_compare_refuses_runs_that_rank_with_different_history_masking(tmp_path)
         report.compare_runs(a, b)  # the first field that differs is named
 
 
+def keep_seeds(path, seeds) -> None:
+    """Drop every other seed's rows from a run directory's ``per_user.csv``."""
+    rows = pd.read_csv(path / "per_user.csv", dtype={"user": str})
+    rows[rows["seed"].isin(seeds)].to_csv(path / "per_user.csv", index=False)
+
+
+def test_compare_pairs_runs_on_the_seeds_they_share(tmp_path):
+    """Run B is run A's seed 1 alone: compared on seed 1 the runs are identical, where A's mean over seeds 0 and 1
+    would differ from B by seed variance alone. Runs with no seed in common are compared as they are, and said so."""
+    a = make_run(tmp_path / "a", {"strong": 0.6, "weak": 0.3})
+    b = make_run(tmp_path / "b", {"strong": 0.6, "weak": 0.3})
+    keep_seeds(b, [1])
+    table, alpha = report.compare_runs(a, b)
+    assert (table["diff"] == 0).all() and (table["ties"] == USERS).all()
+    assert "seeds: 1 (the seeds both runs have; A has 0, 1, B 1)" in report.compare_md(table, a, b, alpha)
+    keep_seeds(a, [0])
+    table, alpha = report.compare_runs(a, b)
+    assert (table["diff"] != 0).any()
+    assert "seeds: none in common (A 0, B 1)" in report.compare_md(table, a, b, alpha)
+
+
 def test_an_undefined_test_shows_as_nan_not_as_p_1(tmp_path):
     table = pd.DataFrame([{"metric": "ndcg@10", "a": "A:x", "b": "B:x", "mean_a": 0.5, "mean_b": 0.25, "diff": 0.25,
                            "rel_diff_pct": 100.0, "ci_low": 0.25, "ci_high": 0.25, "t_p": np.nan,
