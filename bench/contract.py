@@ -115,7 +115,9 @@ def _no_validation(score: ScoreFn) -> float:
 @dataclass(frozen=True)
 class Context:
     """Everything a paradigm gets besides the split. ``options`` is its own resolved config section;
-    ``validate(score)`` is the harness's validation NDCG@10 of a scorer (the early-stopping signal)."""
+    ``validate(score)`` is the harness's validation NDCG@10 of a scorer (the early-stopping signal);
+    ``checkpoint`` is the file where a resumable run keeps this job's training state after every epoch (pass it
+    to :func:`bench.training.train_bpr`; ``None``: keep none)."""
 
     config: Config
     options: Mapping[str, Any]
@@ -127,6 +129,7 @@ class Context:
     progress: Callable[..., Any] | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
     validate: Callable[[ScoreFn], float] = _no_validation
+    checkpoint: Path | None = None
 
 
 class SplitView:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -127,22 +128,24 @@ class JobResult:
                    top_items=dict(top_items or {}))
 
 
-def job_context(arm, seed: int, resources: Resources) -> Context:
+def job_context(arm, seed: int, resources: Resources, checkpoint: Path | None = None) -> Context:
     """The context ``arm`` is fitted with for ``seed``: its config and options, the shared device, cache, encoder
-    and (when it needs one) frozen LLM, the progress reporter, and a generator freshly seeded with ``seed``
-    (every global RNG is seeded too). ``bench run`` and ``bench tune`` both build it here."""
+    and (when it needs one) frozen LLM, the progress reporter, a generator freshly seeded with ``seed``
+    (every global RNG is seeded too) and the job's training ``checkpoint`` file, if any. ``bench run`` and
+    ``bench tune`` both build it here."""
     cfg = arm.config
     return Context(config=cfg, options=arm.options, seed=seed, device=resources.device,
                    cache_dir=resources.cache_root, encoder=resources.encoder,
                    llm=resources.llm_for(cfg) if arm.cls.needs_llm else None,
-                   progress=resources.progress, generator=seed_everything(seed))
+                   progress=resources.progress, generator=seed_everything(seed), checkpoint=checkpoint)
 
 
-def run_job(arm, seed: int, resources: Resources, timings: Timings) -> JobResult:
-    """Fit one arm with one seed and evaluate it on every stage. In a distributed run the rows of every rank are
+def run_job(arm, seed: int, resources: Resources, timings: Timings, checkpoint: Path | None = None) -> JobResult:
+    """Fit one arm with one seed and evaluate it on every stage; ``checkpoint``: where its training keeps its
+    state after every epoch (:attr:`Context.checkpoint`). In a distributed run the rows of every rank are
     returned on rank 0 (``rows`` is ``None`` on the others)."""
     cfg, split = arm.config, resources.split
-    context = job_context(arm, seed, resources)
+    context = job_context(arm, seed, resources, checkpoint)
     paradigm = arm.cls()
     tag = f"{arm.label}/seed{seed}"
     with timings(f"{tag}/fit"):

@@ -110,18 +110,21 @@ def interim(out: Path, progress: Callable | None = None) -> Path:
 
 
 def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
-    """Run ``body``; on failure keep the working folder only if it holds finished jobs worth resuming."""
+    """Run ``body``; on failure keep the working folder only if it holds finished jobs or a training checkpoint
+    worth resuming."""
     try:
         return body()
     except BaseException as exc:
         if not distributed.world().is_main:
             raise
-        finished = state.finished_jobs()
-        if not finished:
+        finished, training = state.finished_jobs(), state.checkpoints()
+        if not finished and not training:
             state.discard()
         if isinstance(exc, KeyboardInterrupt):
-            kept = (f"{finished} finished (paradigm, seed) jobs are kept; continue with: python -m bench run "
-                    f"--resume {state.out}") if finished else "nothing was kept"
+            worth = [f"{finished} finished (paradigm, seed) jobs"] * bool(finished) + \
+                ["the training of an unfinished job as of its last epoch"] * bool(training)
+            kept = (f"{' and '.join(worth)} are kept; continue with: python -m bench run --resume {state.out}"
+                    if worth else "nothing was kept")
             raise RunInterrupted(f"interrupted: no results were written; {kept}") from None
         raise
 
@@ -171,7 +174,7 @@ def _execute(state: RunState, cfg: Config, run_arms: list, sweep, progress, argv
             continue
         else:
             try:
-                job = run_job(arm, seed, shared, timings)
+                job = run_job(arm, seed, shared, timings, state.checkpoint(index, arm.cls.version))
             except ParadigmUnavailable as exc:
                 if world.is_main:
                     print(f"skipped {arm.label}: {exc}", file=sys.stderr)

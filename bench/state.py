@@ -119,9 +119,19 @@ class RunState:
         jobs = self.dir / "jobs"
         return jobs / f"{index:04d}.csv", jobs / f"{index:04d}.json", jobs / f"{index:04d}.npz"
 
+    def checkpoints(self) -> list[Path]:
+        """The training checkpoints of unfinished jobs in the working folder."""
+        jobs = self.dir / "jobs"
+        return sorted(jobs.glob("*.training.pt")) if jobs.is_dir() else []
+
+    def checkpoint(self, index: int, version: str) -> Path:
+        """The file where job ``index`` (of paradigm version ``version``) keeps its training state between epochs
+        (:func:`bench.training.train_bpr`), so an interrupted job continues from its last epoch."""
+        return self.dir / "jobs" / f"{index:04d}-v{version}.training.pt"
+
     def save(self, index: int, job: JobResult) -> None:
         """Store job ``index``: its per-user rows, its top-K lists (``.npz``) and, as JSON, the rest of the
-        :class:`JobResult` with both files' checksums."""
+        :class:`JobResult` with both files' checksums; its training checkpoints are no longer needed."""
         table, meta, lists = self._files(index)
         text = job.rows.to_csv(index=False)
         atomic_write_text(table, text)
@@ -131,6 +141,8 @@ class RunState:
         atomic_write_text(meta, json.dumps({**job.record(), "sha256": hashlib.sha256(text.encode()).hexdigest(),
                                             "lists_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()},
                                            default=str))
+        for stale in (self.dir / "jobs").glob(f"{index:04d}-v*.training.pt"):
+            stale.unlink()
 
     def load(self, index: int, label: str, seed: int, version: str) -> JobResult | None:
         """Job ``index`` if it finished under the same label, seed and paradigm version; else None (with a

@@ -10,8 +10,13 @@ Functions typed ``split: Split`` read only what a paradigm's ``SplitView`` also 
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import random
 import re
+import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -148,7 +153,7 @@ def bpr_loss(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor
 
 def train_bpr(task: TrainingTask, targets: np.ndarray, n_items: int, cfg: Config, generator: torch.Generator,
               validate: Callable[[], float], progress=None, desc: str = "train", learning_rate: float | None = None,
-              warmup_steps: int = 0) -> dict:
+              warmup_steps: int = 0, checkpoint: Path | None = None) -> dict:
     """Train ``task`` on samples ``0..len(targets)-1`` with BPR; early-stop on ``validate()`` (higher = better)
     and restore the best parameters. In a distributed run every rank draws the same batches and the rows of
     each batch are shared out over the ranks (:func:`_chunked_step`): the global batch is ``train.batch_size``.
@@ -157,8 +162,11 @@ def train_bpr(task: TrainingTask, targets: np.ndarray, n_items: int, cfg: Config
     The batch loss is BPR plus the task's auxiliary row losses (:meth:`TrainingTask.training_vectors`); a task
     whose ``micro_batch`` is smaller than the batch runs in micro-batches with the same gradients.
     ``learning_rate`` overrides ``train.learning_rate`` (a paradigm option); the rate rises linearly over the
-    first ``warmup_steps`` optimiser steps. Returns the training samples (per epoch), epochs trained, the best
-    epoch and its validation score, seconds and the per-epoch history.
+    first ``warmup_steps`` optimiser steps. With ``checkpoint`` (a file; a resumable run's working folder gives
+    one per job) the loop's whole state is saved after every epoch and a later call with the same file and the
+    same training continues after the last saved epoch, to the same result as a run never stopped
+    (:class:`_Checkpoint`). Returns the training samples (per epoch), epochs trained, the best epoch and its
+    validation score, seconds and the per-epoch history.
     """
     if not isinstance(task, TrainingTask):
         raise TypeError(f"train_bpr trains a bench.training.TrainingTask, got {type(task).__name__}")
@@ -167,26 +175,91 @@ def train_bpr(task: TrainingTask, targets: np.ndarray, n_items: int, cfg: Config
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg["train.weight_decay"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
     target_t = torch.as_tensor(targets, dtype=torch.long)
-    start = time.perf_counter()
-    best = validate()
-    best_state, best_epoch, bad_epochs = copy.deepcopy(_state(task)), 0, 0
-    history = [{"epoch": 0, "loss": None, "valid_ndcg@10": best}]
+    saved = _Checkpoint(checkpoint, desc, targets, n_items, cfg, lr, warmup_steps, params)
+    loop = saved.load(task, optimizer, schedule, generator)
+    start = time.perf_counter() - (loop["seconds"] if loop else 0.0)
+    if loop is None:
+        best = validate()
+        loop = {"best": best, "best_state": copy.deepcopy(_state(task)), "best_epoch": 0, "bad_epochs": 0,
+                "history": [{"epoch": 0, "loss": None, "valid_ndcg@10": best}], "stopped": False}
+    history = loop["history"]
     n_batches = -(-len(targets) // cfg["train.batch_size"])
-    with progress_bar(progress, total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False) as bar:
-        for epoch in range(1, cfg["train.epochs"] + 1):
+    with progress_bar(progress, total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False,
+                      initial=(len(history) - 1) * n_batches) as bar:
+        for epoch in range(len(history), cfg["train.epochs"] + 1):
+            if loop["stopped"]:
+                break
             loss = _epoch(task, target_t, n_items, cfg, generator, (optimizer, schedule), bar)
             score = validate()
             history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score})
             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", valid_ndcg10=f"{score:.4f}")
-            if score > best:
-                best, best_state, best_epoch, bad_epochs = score, copy.deepcopy(_state(task)), epoch, 0
+            if score > loop["best"]:
+                loop.update(best=score, best_state=copy.deepcopy(_state(task)), best_epoch=epoch, bad_epochs=0)
             else:
-                bad_epochs += 1
-                if bad_epochs >= cfg["train.stopping_step"]:
-                    break
-    _restore(task, best_state)
-    return {"training_samples": len(targets), "epochs": len(history) - 1, "best_epoch": best_epoch,
-            "best_valid_ndcg@10": best, "train_seconds": round(time.perf_counter() - start, 2), "history": history}
+                loop["bad_epochs"] += 1
+                loop["stopped"] = loop["bad_epochs"] >= cfg["train.stopping_step"]
+            saved.save(loop, task, optimizer, schedule, generator, time.perf_counter() - start)
+    _restore(task, loop["best_state"])
+    return {"training_samples": len(targets), "epochs": len(history) - 1, "best_epoch": loop["best_epoch"],
+            "best_valid_ndcg@10": loop["best"], "train_seconds": round(time.perf_counter() - start, 2),
+            "history": history}
+
+
+class _Checkpoint:
+    """The training loop's state after an epoch, in one file: the task's trainable parameters and the best ones
+    so far, the optimiser and schedule, the batch generator and every global RNG (python, numpy, torch), the
+    history, patience count and seconds spent. It is used only by the same training: a key over the loop's
+    description, samples, catalogue size, config hash, learning rate, warm-up and parameter shapes must match;
+    another key or an unreadable file is reported on stderr and training starts again. Written atomically
+    (temporary file, then rename), so an interruption leaves the previous epoch's state. Distributed runs keep
+    none: every rank would have to read it back at the same point."""
+
+    def __init__(self, path: Path | None, desc: str, targets: np.ndarray, n_items: int, cfg: Config, lr: float,
+                 warmup_steps: int, params: list[torch.nn.Parameter]):
+        self.path = None if world().distributed else path
+        parts = [desc, np.ascontiguousarray(targets, dtype=np.int64).tobytes().hex(), n_items, cfg.hash, lr,
+                 warmup_steps, [tuple(p.shape) for p in params]]
+        self.key = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+        self.desc = desc
+
+    def load(self, task, optimizer, schedule, generator: torch.Generator) -> dict | None:
+        """Restore a saved state into the objects given and return the loop's bookkeeping, or ``None``."""
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            data = torch.load(self.path, weights_only=True)
+            if data["key"] != self.key:
+                raise ValueError("it was saved by another training (samples, config or parameters differ)")
+            _restore(task, data["state"])
+            optimizer.load_state_dict(data["optimizer"])
+            schedule.load_state_dict(data["schedule"])
+            generator.set_state(data["generator"])
+            torch.set_rng_state(data["torch_rng"])
+            np.random.set_state(("MT19937", data["numpy_rng"].numpy().astype(np.uint32), *data["numpy_rng_rest"]))
+            random.setstate((data["python_rng"][0], tuple(data["python_rng"][1]), data["python_rng"][2]))
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: train from the start
+            print(f"warning: {self.desc}: ignoring the checkpoint {self.path} ({type(exc).__name__}: {exc}); "
+                  "training from the start", file=sys.stderr)
+            return None
+        print(f"{self.desc}: continuing after epoch {len(data['loop']['history']) - 1} from {self.path.name}",
+              file=sys.stderr)
+        return {**data["loop"], "best_state": data["best_state"], "seconds": data["seconds"]}
+
+    def save(self, loop: dict, task, optimizer, schedule, generator: torch.Generator, seconds: float) -> None:
+        """Write the state after an epoch (nothing without a path)."""
+        if self.path is None:
+            return
+        numpy_rng = np.random.get_state()
+        python_rng = random.getstate()
+        data = {"key": self.key, "state": _state(task), "best_state": loop["best_state"],
+                "loop": {k: v for k, v in loop.items() if k not in ("best_state", "seconds")},
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": torch.from_numpy(numpy_rng[1].astype(np.int64)), "numpy_rng_rest": list(numpy_rng[2:]),
+                "python_rng": [python_rng[0], list(python_rng[1]), python_rng[2]], "seconds": seconds}
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(data, temporary)
+        os.replace(temporary, self.path)
 
 
 def _epoch(task: TrainingTask, targets: torch.Tensor, n_items: int, cfg: Config, generator: torch.Generator,

@@ -77,7 +77,8 @@ class TwoTower(Paradigm, TrainingTask):
         """:func:`bench.training.train_bpr` on this paradigm, early-stopped on the harness's validation of
         :meth:`score`; ``options`` are its ``learning_rate`` and ``warmup_steps``."""
         return train_bpr(self, targets, n_items, context.config, context.generator,
-                         lambda: context.validate(self.score), context.progress, desc=f"{self.name} fit", **options)
+                         lambda: context.validate(self.score), context.progress, desc=f"{self.name} fit",
+                         checkpoint=context.checkpoint, **options)
 
     def option(self, options, key: str, allowed: Sequence) -> object:
         """``options[key]``, or a one-line error naming ``paradigms.<name>.<key>`` and the allowed values."""

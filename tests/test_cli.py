@@ -10,6 +10,7 @@ import time
 import pandas as pd
 import pytest
 
+from bench import registry
 from bench.protocols import candidates_hash, load_candidates
 from bench.rundir import Run
 from conftest import ROOT, run_cli
@@ -153,6 +154,33 @@ def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupte
     assert not (tmp_path / ".again.partial").exists()
     result = run_cli("run", "--resume", str(again))
     assert result.returncode == 2 and "already finished" in result.stderr
+
+
+def test_a_job_interrupted_while_training_resumes_from_its_last_epoch(smoke_run, tmp_path, fixtures_dir,
+                                                                      cache_root):
+    """Interrupted once its training has saved an epoch: the job's checkpoint stays in the working folder,
+    ``--resume`` continues that training after the saved epoch instead of from the start, and the rows are those
+    of the uninterrupted smoke run."""
+    out, _ = smoke_run
+    again = tmp_path / "again"
+    args = ["run", "--paradigms", "ra-rec", "--dataset", "ml-slice", "--data-dir", str(fixtures_dir),
+            *SLICE_ENV_KEYS, "--seeds", "0", "--out", str(again), "--quiet"]
+    env = {**os.environ, "BENCH_CACHE": str(cache_root)}
+    process = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    jobs, deadline = tmp_path / ".again.partial" / "jobs", time.time() + 300
+    while not list(jobs.glob("*.training.pt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert [p.name for p in jobs.glob("*.training.pt")] == [f"0000-v{registry.get('ra-rec').version}.training.pt"]
+    result = run_cli("run", "--resume", str(again), env={"BENCH_CACHE": str(cache_root)})
+    assert result.returncode == 0, result.stderr
+    assert "ra-rec fit: continuing after epoch" in result.stderr
+    rows, uninterrupted = (pd.read_csv(d / "per_user.csv", dtype={"user": str}) for d in (again, out))
+    pick = lambda frame: frame[(frame["paradigm"] == "ra-rec") & (frame["seed"] == 0)].reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(pick(rows), pick(uninterrupted))
 
 
 def test_resume_refuses_extra_options_and_missing_runs(tmp_path):

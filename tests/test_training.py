@@ -124,3 +124,53 @@ def test_a_task_outside_the_contract_is_refused():
 
     with pytest.raises(TypeError, match="TrainingTask"):
         train_bpr(Untyped(), np.arange(4), 5, _cfg(epochs=0), torch.Generator(), lambda: 0.0)
+
+
+class NoisyTask(LinearTask):
+    """A LinearTask whose training vectors draw noise from torch's global RNG (as dropout would)."""
+
+    def training_vectors(self, side, ids, batch):
+        vectors, rows = super().training_vectors(side, ids, batch)
+        return vectors + 0.05 * torch.randn_like(vectors), rows
+
+
+def _train(validate, checkpoint, epochs=6):
+    """A NoisyTask trained from the same start (batch generator and global RNG seeded alike) for ``epochs``."""
+    task, generator = NoisyTask(), torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    info = train_bpr(task, np.arange(40) % 29 + 1, 30, _cfg(epochs=epochs, stopping=2), generator, validate,
+                     checkpoint=checkpoint)
+    return task, info
+
+
+def test_an_interrupted_training_continues_from_its_checkpoint_to_the_same_result(tmp_path, capsys):
+    """Stopped during epoch 3 and called again with the same checkpoint: epochs 3-6 run from epoch 2's saved
+    state (parameters, Adam, generator, global RNG) and end exactly where an uninterrupted training ends."""
+    scores = [0.1, 0.2, 0.3, 0.25, 0.35, 0.3, 0.2]  # epochs 0-6: best at 4, patience runs out at 6
+    whole_task, whole = _train(_scripted(scores), None)
+
+    def stopped_in_epoch_3(calls=iter(scores[:3])):
+        value = next(calls, None)
+        if value is None:
+            raise KeyboardInterrupt
+        return value
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(stopped_in_epoch_3, tmp_path / "job.pt")
+    assert (tmp_path / "job.pt").is_file() and not list(tmp_path.glob(".*.tmp"))
+    task, resumed = _train(_scripted(scores[3:]), tmp_path / "job.pt")  # epoch 0-2 scores are not asked again
+    assert "continuing after epoch 2" in capsys.readouterr().err
+    drop = lambda info: {k: v for k, v in info.items() if k != "train_seconds"}  # noqa: E731
+    assert drop(resumed) == drop(whole) and whole["best_epoch"] == 4 and whole["epochs"] == 6
+    assert all(torch.equal(a, b) for a, b in zip(whole_task.parameters(), task.parameters()))
+    _, again = _train(lambda: pytest.fail("a finished training validated again"), tmp_path / "job.pt")
+    assert drop(again) == drop(whole)  # early stopping had ended it: nothing more is trained
+
+
+def test_a_checkpoint_of_another_training_is_ignored_with_a_warning(tmp_path, capsys):
+    _train(_scripted([0.1, 0.2, 0.3]), tmp_path / "job.pt", epochs=2)
+    _, info = _train(_scripted([0.1, 0.2, 0.3, 0.4]), tmp_path / "job.pt", epochs=3)  # another config
+    assert "ignoring the checkpoint" in capsys.readouterr().err and info["epochs"] == 3
+    (tmp_path / "job.pt").write_bytes(b"not a checkpoint")
+    _, info = _train(_scripted([0.1, 0.2, 0.3]), tmp_path / "job.pt", epochs=2)
+    assert "ignoring the checkpoint" in capsys.readouterr().err and info["epochs"] == 2
