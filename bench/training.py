@@ -178,18 +178,21 @@ def train_bpr(task: TrainingTask, targets: np.ndarray, n_items: int, cfg: Config
     saved = _Checkpoint(checkpoint, desc, targets, n_items, cfg, lr, warmup_steps, params)
     loop = saved.load(task, optimizer, schedule, generator)
     start = time.perf_counter() - (loop["seconds"] if loop else 0.0)
-    if loop is None:
-        best = validate()
-        loop = {"best": best, "best_state": copy.deepcopy(_state(task)), "best_epoch": 0, "bad_epochs": 0,
-                "history": [{"epoch": 0, "loss": None, "valid_ndcg@10": best}], "stopped": False}
-    history = loop["history"]
     n_batches = -(-len(targets) // cfg["train.batch_size"])
     with progress_bar(progress, total=cfg["train.epochs"] * n_batches, desc=desc, unit="batch", leave=False,
-                      initial=(len(history) - 1) * n_batches) as bar:
+                      initial=(len(loop["history"]) - 1) * n_batches if loop else 0) as bar:
+        if loop is None:
+            bar.set_postfix(now="validating the start")  # minutes for an LLM paradigm on a large catalogue
+            best = validate()
+            loop = {"best": best, "best_state": copy.deepcopy(_state(task)), "best_epoch": 0, "bad_epochs": 0,
+                    "history": [{"epoch": 0, "loss": None, "valid_ndcg@10": best}], "stopped": False}
+            bar.set_postfix(epoch=0, valid_ndcg10=f"{best:.4f}")
+        history = loop["history"]
         for epoch in range(len(history), cfg["train.epochs"] + 1):
             if loop["stopped"]:
                 break
             loss = _epoch(task, target_t, n_items, cfg, generator, (optimizer, schedule), bar)
+            bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", now="validating")
             score = validate()
             history.append({"epoch": epoch, "loss": loss, "valid_ndcg@10": score})
             bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", valid_ndcg10=f"{score:.4f}")
