@@ -121,8 +121,9 @@ def _guarded(state: RunState, body: Callable[[], Path]) -> Path:
         if not finished and not training:
             state.discard()
         if isinstance(exc, KeyboardInterrupt):
-            worth = [f"{finished} finished (paradigm, seed) jobs"] * bool(finished) + \
-                ["the training of an unfinished job as of its last epoch"] * bool(training)
+            worth = [f"{finished} finished (paradigm, seed) jobs"] if finished else []
+            if training:
+                worth.append("the training of an unfinished job as of its last epoch")
             kept = (f"{' and '.join(worth)} are kept; continue with: python -m bench run --resume {state.out}"
                     if worth else "nothing was kept")
             raise RunInterrupted(f"interrupted: no results were written; {kept}") from None

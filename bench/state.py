@@ -119,10 +119,11 @@ class RunState:
         jobs = self.dir / "jobs"
         return jobs / f"{index:04d}.csv", jobs / f"{index:04d}.json", jobs / f"{index:04d}.npz"
 
-    def checkpoints(self) -> list[Path]:
-        """The training checkpoints of unfinished jobs in the working folder."""
+    def checkpoints(self, index: int | None = None) -> list[Path]:
+        """The training checkpoints (:meth:`checkpoint`) in the working folder: of job ``index``, or of every job."""
         jobs = self.dir / "jobs"
-        return sorted(jobs.glob("*.training.pt")) if jobs.is_dir() else []
+        pattern = f"{'[0-9]' * 4 if index is None else f'{index:04d}'}-v*.training.pt"
+        return sorted(jobs.glob(pattern)) if jobs.is_dir() else []
 
     def checkpoint(self, index: int, version: str) -> Path:
         """The file where job ``index`` (of paradigm version ``version``) keeps its training state between epochs
@@ -141,7 +142,7 @@ class RunState:
         atomic_write_text(meta, json.dumps({**job.record(), "sha256": hashlib.sha256(text.encode()).hexdigest(),
                                             "lists_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()},
                                            default=str))
-        for stale in (self.dir / "jobs").glob(f"{index:04d}-v*.training.pt"):
+        for stale in self.checkpoints(index):
             stale.unlink()
 
     def load(self, index: int, label: str, seed: int, version: str) -> JobResult | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import random
 import re
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.cache import atomic_file
 from bench.config import Config
 from bench.distributed import world
 from bench.progress import progress_bar
@@ -214,15 +214,15 @@ class _Checkpoint:
     history, patience count and seconds spent. It is used only by the same training: a key over the loop's
     description, samples, catalogue size, config hash, learning rate, warm-up and parameter shapes must match;
     another key or an unreadable file is reported on stderr and training starts again. Written atomically
-    (temporary file, then rename), so an interruption leaves the previous epoch's state. Distributed runs keep
+    (:func:`bench.cache.atomic_file`), so an interruption leaves the previous epoch's state. Distributed runs keep
     none: every rank would have to read it back at the same point."""
 
     def __init__(self, path: Path | None, desc: str, targets: np.ndarray, n_items: int, cfg: Config, lr: float,
                  warmup_steps: int, params: list[torch.nn.Parameter]):
         self.path = None if world().distributed else path
-        parts = [desc, np.ascontiguousarray(targets, dtype=np.int64).tobytes().hex(), n_items, cfg.hash, lr,
-                 warmup_steps, [tuple(p.shape) for p in params]]
-        self.key = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+        key = hashlib.sha256(np.ascontiguousarray(targets, dtype=np.int64).tobytes())
+        key.update(repr([desc, n_items, cfg.hash, lr, warmup_steps, [tuple(p.shape) for p in params]]).encode())
+        self.key = key.hexdigest()[:16]
         self.desc = desc
 
     def load(self, task, optimizer, schedule, generator: torch.Generator) -> dict | None:
@@ -260,9 +260,8 @@ class _Checkpoint:
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "numpy_rng": torch.from_numpy(numpy_rng[1].astype(np.int64)), "numpy_rng_rest": list(numpy_rng[2:]),
                 "python_rng": [python_rng[0], list(python_rng[1]), python_rng[2]], "seconds": seconds}
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(data, temporary)
-        os.replace(temporary, self.path)
+        with atomic_file(self.path) as handle:
+            torch.save(data, handle)
 
 
 def _epoch(task: TrainingTask, targets: torch.Tensor, n_items: int, cfg: Config, generator: torch.Generator,
